@@ -1,3 +1,78 @@
-fn main() {
-    println!("Hello, world!");
+//! `gramrr`: the command-line tool. Each subcommand lives in its own `cmd_*` module; this file
+//! only parses the command line and dispatches.
+
+mod cmd_eval;
+mod cmd_judge;
+mod cmd_model;
+mod cmd_pipeline;
+mod cmd_serve;
+mod cmd_train;
+
+use clap::{Parser, Subcommand};
+
+/// gramrr: train, run, evaluate and serve generative reward models that reason (GRAM-R²).
+#[derive(Parser)]
+#[command(name = "gramrr", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a random model of a given architecture and size, with a tokenizer, in HF layout.
+    InitModel(cmd_model::InitModelArgs),
+    /// Train a byte-level BPE tokenizer on a text file.
+    TrainTokenizer(cmd_model::TrainTokenizerArgs),
+    /// Teacher-forced log-probabilities of completions given prompts.
+    Logprobs(cmd_model::LogprobsArgs),
+    /// Batched generation (greedy or sampled).
+    Generate(cmd_model::GenerateArgs),
+    /// Training commands.
+    #[command(subcommand)]
+    Train(cmd_train::TrainCommand),
+    /// Merge a LoRA adapter into its base model and write a full HF checkpoint.
+    MergeLora(cmd_train::MergeLoraArgs),
+    /// Judge preference pairs with a generative reward model.
+    Judge(cmd_judge::JudgeArgs),
+    /// Rank candidate lists (best-of-n) with a pairwise judge.
+    Rank(cmd_judge::RankArgs),
+    /// Score reward models on public benchmarks.
+    #[command(subcommand)]
+    Eval(cmd_eval::EvalCommand),
+    /// Serve a reward model over HTTP (OpenRLHF /get_reward, /v1/judge, /v1/rank).
+    Serve(cmd_serve::ServeArgs),
+    /// The GRAM-R² training pipeline.
+    #[command(subcommand)]
+    Pipeline(cmd_pipeline::PipelineCommand),
+    /// Run the whole method end to end in a built-in synthetic domain, from scratch, on CPU.
+    Demo(cmd_pipeline::DemoArgs),
+    /// Measure engine speed and memory (writes JSON for BENCHMARKS.md).
+    Bench(cmd_model::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::InitModel(a) => cmd_model::init_model(a),
+        Command::TrainTokenizer(a) => cmd_model::train_tokenizer(a),
+        Command::Logprobs(a) => cmd_model::logprobs(a),
+        Command::Generate(a) => cmd_model::generate(a),
+        Command::Bench(a) => cmd_model::bench(a),
+        Command::Train(c) => cmd_train::run(c),
+        Command::MergeLora(a) => cmd_train::merge_lora(a),
+        Command::Judge(a) => cmd_judge::judge(a),
+        Command::Rank(a) => cmd_judge::rank(a),
+        Command::Eval(c) => cmd_eval::run(c),
+        Command::Serve(a) => cmd_serve::serve(a),
+        Command::Pipeline(c) => cmd_pipeline::run(c),
+        Command::Demo(a) => cmd_pipeline::demo(a),
+    }
 }
