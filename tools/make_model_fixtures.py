@@ -406,9 +406,9 @@ def model_specs(llama_tok, qwen_tok):
 # (prompt, completion) raw-text pairs for teacher-forced scoring, the same for every model.
 CASES = [
     ("Hello", " world"),
-    ("Question: 7 + 8 =", " 15."),
-    ("Café \"A\" or B?", " A, it's 2x."),
-    ("A: 42\nB: 420\nWhich is better?", " A is better.\nVerdict: A"),
+    ("7 + 8 =", " 15."),
+    ("Café?", " Oui, 2x."),
+    ("A: 42\nB: 420\nWhich?", " A.\nVerdict: A"),
 ]
 
 GREEDY_PROMPTS = [
