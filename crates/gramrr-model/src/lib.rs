@@ -4,6 +4,20 @@
 //! only through the [`backend::Backend`] trait.
 
 pub mod backend;
+pub mod config;
+pub mod engine;
 pub mod error;
+pub mod fsutil;
+pub mod hub;
+pub mod init;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
+pub mod weights;
 
+pub use backend::{Backend, ChatMessage, Prompt};
+pub use config::{Architecture, DecoderConfig};
+pub use engine::{DeviceChoice, Engine, LoadOptions};
 pub use error::{ModelError, Result};
+pub use model::Decoder;
+pub use weights::WeightDType;

@@ -1,0 +1,462 @@
+//! The candle engine: a loaded [`Decoder`] plus its tokenizer, implementing [`Backend`].
+//!
+//! Scoring and label probabilities pad on the right (a causal mask is then enough: real tokens
+//! never see padding). Generation pads on the left, so every row's next token is at the same
+//! column, with per-row rotary positions and a key-padding mask, as transformers does.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use crate::backend::*;
+use crate::config::DecoderConfig;
+use crate::error::{ModelError, Result};
+use crate::model::{attention_mask, causal_mask, Decoder, ForwardCtx, ForwardInput, KvCache};
+use crate::sampling::{item_rng, sample_token};
+use crate::tokenizer::TextTokenizer;
+use crate::weights::{SafetensorsCheckpoint, WeightDType};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            s if s.starts_with("cuda:") => {
+                s[5..].parse().map(DeviceChoice::Cuda).map_err(|_| format!("bad device {s:?}"))
+            }
+            other => Err(format!("unknown device {other:?} (expected cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
+impl DeviceChoice {
+    pub fn device(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda(i) => {
+                if !cfg!(feature = "cuda") {
+                    return Err(ModelError::Device(
+                        "this gramrr was built without CUDA; rebuild with `--features cuda`".into(),
+                    ));
+                }
+                Device::new_cuda(i).map_err(|e| ModelError::Device(e.to_string()))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: DeviceChoice,
+    pub dtype: WeightDType,
+    /// Most sequences per forward pass.
+    pub batch_size: usize,
+    /// Most (padded) tokens per forward pass; bounds activation memory.
+    pub max_batch_tokens: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: DeviceChoice::Cpu, dtype: WeightDType::F32, batch_size: 8, max_batch_tokens: 8192 }
+    }
+}
+
+/// What `generation_config.json` contributes: stop tokens (an id or a list) and padding.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationConfig {
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+impl GenerationConfig {
+    pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join("generation_config.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.clone(), source: e })?;
+        let ids = |v: Option<&serde_json::Value>| -> Vec<u32> {
+            match v {
+                Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+                _ => vec![],
+            }
+        };
+        Ok(Some(Self {
+            eos_token_ids: ids(v.get("eos_token_id")),
+            pad_token_id: ids(v.get("pad_token_id")).first().copied(),
+        }))
+    }
+}
+
+pub struct Engine {
+    pub model: Decoder,
+    pub tokenizer: TextTokenizer,
+    pub generation: GenerationConfig,
+    pub dir: PathBuf,
+    pub batch_size: usize,
+    pub max_batch_tokens: usize,
+}
+
+impl Engine {
+    /// Loads a model from a directory or an `org/name` in the offline HF cache.
+    pub fn load(model: &str, opts: &LoadOptions) -> Result<Self> {
+        let dir = crate::hub::resolve_model_dir(model)?;
+        let device = opts.device.device()?;
+        let cfg = DecoderConfig::from_file(&dir.join("config.json"))?;
+        let tokenizer = TextTokenizer::from_dir(&dir)?;
+        let ck = SafetensorsCheckpoint::open(&dir, &device, opts.dtype)?;
+        let decoder = Decoder::load(&cfg, &ck)?;
+        drop(ck);
+        Self::from_parts(decoder, tokenizer, dir, opts)
+    }
+
+    pub fn from_parts(model: Decoder, tokenizer: TextTokenizer, dir: PathBuf, opts: &LoadOptions) -> Result<Self> {
+        let mut generation = GenerationConfig::from_dir(&dir)?.unwrap_or_default();
+        // Stop at every end token anyone declares: generation_config, config.json, tokenizer.
+        for id in model.cfg.eos_token_ids.iter().chain(tokenizer.eos_token_id.iter()) {
+            if !generation.eos_token_ids.contains(id) {
+                generation.eos_token_ids.push(*id);
+            }
+        }
+        if generation.pad_token_id.is_none() {
+            generation.pad_token_id = model.cfg.pad_token_id.or(tokenizer.pad_token_id);
+        }
+        Ok(Self {
+            model,
+            tokenizer,
+            generation,
+            dir,
+            batch_size: opts.batch_size.max(1),
+            max_batch_tokens: opts.max_batch_tokens.max(1),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.model.device()
+    }
+
+    fn pad_id(&self) -> u32 {
+        self.generation.pad_token_id.or(self.generation.eos_token_ids.first().copied()).unwrap_or(0)
+    }
+
+    /// Token ids of a prompt: raw text with special tokens, or a chat rendered with the
+    /// generation prompt and encoded without them (the template writes them itself).
+    pub fn encode_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        match prompt {
+            Prompt::Raw(t) => self.tokenizer.encode(t, true),
+            Prompt::Chat(m) => {
+                let text = self.tokenizer.apply_chat_template(m, true, &Default::default())?;
+                self.tokenizer.encode(&text, false)
+            }
+        }
+    }
+
+    pub fn render_prompt(&self, prompt: &Prompt) -> Result<String> {
+        match prompt {
+            Prompt::Raw(t) => Ok(t.clone()),
+            Prompt::Chat(m) => self.tokenizer.apply_chat_template(m, true, &Default::default()),
+        }
+    }
+
+    /// Groups item indices (sorted by length, longest first) into batches bounded by
+    /// `batch_size` rows and `max_batch_tokens` padded tokens.
+    fn batches(&self, lens: &[usize]) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..lens.len()).collect();
+        order.sort_by(|&a, &b| lens[b].cmp(&lens[a]).then(a.cmp(&b)));
+        let mut out: Vec<Vec<usize>> = Vec::new();
+        let mut cur: Vec<usize> = Vec::new();
+        let mut cur_max = 0;
+        for i in order {
+            let max = cur_max.max(lens[i]);
+            if !cur.is_empty() && (cur.len() >= self.batch_size || max * (cur.len() + 1) > self.max_batch_tokens) {
+                out.push(std::mem::take(&mut cur));
+                cur_max = 0;
+            }
+            cur_max = cur_max.max(lens[i]);
+            cur.push(i);
+        }
+        if !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+
+    /// Hidden states of right-padded sequences: (B·T, C) with T the longest length.
+    fn hidden_right_padded(&self, seqs: &[&[u32]]) -> Result<(Tensor, usize)> {
+        let t = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let pad = self.pad_id();
+        let ids: Vec<Vec<u32>> = seqs
+            .iter()
+            .map(|s| s.iter().copied().chain(std::iter::repeat_n(pad, t - s.len())).collect())
+            .collect();
+        let positions: Vec<Vec<u32>> = seqs.iter().map(|_| (0..t as u32).collect()).collect();
+        let mask = if t > 1 { Some(causal_mask(t, self.device())?) } else { None };
+        let input = ForwardInput { ids: &ids, positions: &positions, mask: mask.as_ref() };
+        let h = self.model.forward_hidden(&input, None, &mut ForwardCtx::inference())?;
+        Ok((h, t))
+    }
+
+    /// Natural-log probabilities of `targets[i]` under the logits at hidden rows `rows[i]`,
+    /// computed a chunk of rows at a time so the full-vocabulary logits never all coexist.
+    fn target_logprobs(&self, hidden: &Tensor, rows: &[u32], targets: &[u32]) -> Result<Vec<f32>> {
+        const CHUNK: usize = 256;
+        let mut out = Vec::with_capacity(rows.len());
+        for (r, t) in rows.chunks(CHUNK).zip(targets.chunks(CHUNK)) {
+            let idx = Tensor::from_vec(r.to_vec(), r.len(), self.device())?;
+            let logits = self.model.logits(&hidden.index_select(&idx, 0)?)?; // (n, V)
+            let v = logits.dims()[1];
+            let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+            let lp: Vec<f32> = flat
+                .par_chunks(v)
+                .zip(t.par_iter())
+                .map(|(row, &tok)| row[tok as usize] - log_sum_exp(row))
+                .collect();
+            out.extend(lp);
+        }
+        Ok(out)
+    }
+
+    /// Teacher-forced log-probabilities of `completion` ids after `prompt` ids.
+    pub fn score_ids(&self, items: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<ScoreOutput>> {
+        for (i, (p, _)) in items.iter().enumerate() {
+            if p.is_empty() {
+                return Err(ModelError::Input(format!(
+                    "item {i}: the prompt encodes to zero tokens, so the first completion token has no context"
+                )));
+            }
+        }
+        let lens: Vec<usize> = items.iter().map(|(p, c)| p.len() + c.len()).collect();
+        let mut outputs: Vec<Option<ScoreOutput>> = vec![None; items.len()];
+        for batch in self.batches(&lens) {
+            let seqs: Vec<Vec<u32>> =
+                batch.iter().map(|&i| items[i].0.iter().chain(items[i].1.iter()).copied().collect()).collect();
+            let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+            let (hidden, t) = self.hidden_right_padded(&refs)?;
+            let mut rows = Vec::new();
+            let mut targets = Vec::new();
+            for (r, &i) in batch.iter().enumerate() {
+                let (p, c) = &items[i];
+                for (j, &tok) in c.iter().enumerate() {
+                    rows.push((r * t + p.len() + j - 1) as u32);
+                    targets.push(tok);
+                }
+            }
+            let lp = if rows.is_empty() { vec![] } else { self.target_logprobs(&hidden, &rows, &targets)? };
+            let mut k = 0;
+            for &i in &batch {
+                let (p, c) = &items[i];
+                let token_logprobs = lp[k..k + c.len()].to_vec();
+                k += c.len();
+                outputs[i] = Some(ScoreOutput {
+                    prompt_tokens: p.len(),
+                    completion_tokens: c.len(),
+                    logprob: token_logprobs.iter().map(|&x| x as f64).sum(),
+                    token_logprobs,
+                });
+            }
+        }
+        Ok(outputs.into_iter().map(|o| o.expect("every item is in one batch")).collect())
+    }
+
+    /// Full-vocabulary log-probabilities of each `candidates` id as the next token after each
+    /// sequence.
+    pub fn next_token_logprobs(&self, seqs: &[Vec<u32>], candidates: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        if let Some(i) = lens.iter().position(|&l| l == 0) {
+            return Err(ModelError::Input(format!("item {i}: empty prompt")));
+        }
+        let mut out = vec![vec![]; seqs.len()];
+        for batch in self.batches(&lens) {
+            let refs: Vec<&[u32]> = batch.iter().map(|&i| seqs[i].as_slice()).collect();
+            let (hidden, t) = self.hidden_right_padded(&refs)?;
+            let rows: Vec<u32> = batch.iter().enumerate().map(|(r, &i)| (r * t + seqs[i].len() - 1) as u32).collect();
+            let idx = Tensor::from_vec(rows, batch.len(), self.device())?;
+            let logits = self.model.logits(&hidden.index_select(&idx, 0)?)?;
+            let v = logits.dims()[1];
+            let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+            for (r, &i) in batch.iter().enumerate() {
+                let row = &flat[r * v..(r + 1) * v];
+                let lse = log_sum_exp(row);
+                out[i] = candidates.iter().map(|&c| row[c as usize] - lse).collect();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Batched generation from prompt ids. Output `i` answers `prompts[i]`.
+    pub fn generate_ids(
+        &self,
+        prompts: &[Vec<u32>],
+        seed_offsets: &[u64],
+        params: &SamplingParams,
+    ) -> Result<Vec<GenerateOutput>> {
+        if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+            return Err(ModelError::Input(format!("item {i}: empty prompt")));
+        }
+        let lens: Vec<usize> = prompts.iter().map(|p| p.len() + params.max_new_tokens).collect();
+        let mut outputs: Vec<Option<GenerateOutput>> = vec![None; prompts.len()];
+        for batch in self.batches(&lens) {
+            let rows: Vec<&[u32]> = batch.iter().map(|&i| prompts[i].as_slice()).collect();
+            let offs: Vec<u64> = batch.iter().map(|&i| seed_offsets.get(i).copied().unwrap_or(i as u64)).collect();
+            let outs = self.generate_batch(&rows, &offs, params)?;
+            for (o, &i) in outs.into_iter().zip(&batch) {
+                outputs[i] = Some(o);
+            }
+        }
+        Ok(outputs.into_iter().map(|o| o.expect("every item is in one batch")).collect())
+    }
+
+    fn generate_batch(&self, prompts: &[&[u32]], seed_offsets: &[u64], params: &SamplingParams) -> Result<Vec<GenerateOutput>> {
+        let dev = self.device();
+        let b = prompts.len();
+        let t = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let pad = self.pad_id();
+        let mut cache = KvCache::new(&self.model.cfg, b, t + params.max_new_tokens, dev)?;
+        let mut key_valid: Vec<Vec<bool>> = Vec::with_capacity(b);
+        let mut ids = Vec::with_capacity(b);
+        let mut positions = Vec::with_capacity(b);
+        for p in prompts {
+            let n_pad = t - p.len();
+            ids.push(std::iter::repeat_n(pad, n_pad).chain(p.iter().copied()).collect::<Vec<u32>>());
+            // transformers gives padding position 1 (cumsum - 1, masked_fill 1); it is never read.
+            positions.push(std::iter::repeat_n(1u32, n_pad).chain(0..p.len() as u32).collect::<Vec<u32>>());
+            key_valid.push(std::iter::repeat_n(false, n_pad).chain(std::iter::repeat_n(true, p.len())).collect());
+        }
+        let mut rngs: Vec<_> = seed_offsets.iter().map(|&o| item_rng(params.seed, o)).collect();
+        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
+        let mut finished: Vec<Option<FinishReason>> = vec![None; b];
+        let mut texts: Vec<Option<String>> = vec![None; b];
+        let mut next_pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
+
+        let mut step_ids = ids;
+        let mut step_pos = positions;
+        let mut cur_t = t;
+        let mut ctx = ForwardCtx::inference();
+        for _step in 0..params.max_new_tokens {
+            let offset = cache.len;
+            let mask = attention_mask(&key_valid, cur_t, offset, dev)?;
+            let input = ForwardInput { ids: &step_ids, positions: &step_pos, mask: Some(&mask) };
+            let hidden = self.model.forward_hidden(&input, Some(&mut cache), &mut ctx)?; // (B·T, C)
+            let last: Vec<u32> = (0..b).map(|r| (r * cur_t + cur_t - 1) as u32).collect();
+            let idx = Tensor::from_vec(last, b, dev)?;
+            let logits = self.model.logits(&hidden.index_select(&idx, 0)?)?;
+            let v = logits.dims()[1];
+            let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+            let mut next = vec![pad; b];
+            for r in 0..b {
+                if finished[r].is_some() {
+                    continue;
+                }
+                let tok = sample_token(&flat[r * v..(r + 1) * v], params, &mut rngs[r]);
+                generated[r].push(tok);
+                next[r] = tok;
+                if self.generation.eos_token_ids.contains(&tok) {
+                    finished[r] = Some(FinishReason::Stop);
+                } else if !params.stop.is_empty() {
+                    let text = self.tokenizer.decode(&generated[r], true)?;
+                    if let Some(cut) = params.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                        texts[r] = Some(text[..cut].to_string());
+                        finished[r] = Some(FinishReason::Stop);
+                    }
+                }
+            }
+            if finished.iter().all(|f| f.is_some()) {
+                break;
+            }
+            for r in 0..b {
+                key_valid[r].push(true);
+            }
+            step_ids = next.into_iter().map(|x| vec![x]).collect();
+            step_pos = next_pos.iter().map(|&p| vec![p]).collect();
+            next_pos.iter_mut().for_each(|p| *p += 1);
+            cur_t = 1;
+        }
+        let mut out = Vec::with_capacity(b);
+        for r in 0..b {
+            let text = match texts[r].take() {
+                Some(t) => t,
+                None => self.tokenizer.decode(&generated[r], true)?,
+            };
+            out.push(GenerateOutput {
+                text,
+                token_ids: std::mem::take(&mut generated[r]),
+                finish_reason: finished[r].unwrap_or(FinishReason::Length),
+                prompt_tokens: prompts[r].len(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The single token id a label string encodes to (without special tokens).
+    pub fn label_token_id(&self, label: &str) -> std::result::Result<u32, BackendError> {
+        let ids = self.tokenizer.encode(label, false)?;
+        if ids.len() != 1 {
+            return Err(BackendError::LabelNotOneToken { label: label.to_string(), n: ids.len() });
+        }
+        Ok(ids[0])
+    }
+}
+
+pub fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    max + sum.ln() as f32
+}
+
+impl Backend for Engine {
+    fn name(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn score(&self, requests: &[ScoreRequest]) -> BackendResult<Vec<ScoreOutput>> {
+        let items = requests
+            .iter()
+            .map(|r| Ok((self.encode_prompt(&r.prompt)?, self.tokenizer.encode(&r.completion, false)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.score_ids(&items)?)
+    }
+
+    fn generate(&self, requests: &[GenerateRequest], params: &SamplingParams) -> BackendResult<Vec<GenerateOutput>> {
+        let prompts = requests.iter().map(|r| self.encode_prompt(&r.prompt)).collect::<Result<Vec<_>>>()?;
+        let offs: Vec<u64> = requests.iter().map(|r| r.seed_offset).collect();
+        Ok(self.generate_ids(&prompts, &offs, params)?)
+    }
+
+    fn label_probs(&self, requests: &[LabelRequest], labels: &[String]) -> BackendResult<Vec<LabelOutput>> {
+        let cand = labels.iter().map(|l| self.label_token_id(l)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let seqs = requests
+            .iter()
+            .map(|r| {
+                let mut ids = self.encode_prompt(&r.prompt)?;
+                ids.extend(self.tokenizer.encode(&r.continuation, false)?);
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lps = self.next_token_logprobs(&seqs, &cand)?;
+        Ok(lps
+            .into_iter()
+            .map(|logprobs| {
+                let max = logprobs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = logprobs.iter().map(|&x| (x - max).exp()).collect();
+                let s: f32 = e.iter().sum();
+                LabelOutput { probs: e.iter().map(|x| x / s).collect(), logprobs }
+            })
+            .collect())
+    }
+
+    fn render(&self, prompt: &Prompt) -> BackendResult<String> {
+        Ok(self.render_prompt(prompt)?)
+    }
+}

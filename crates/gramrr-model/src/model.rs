@@ -1,0 +1,648 @@
+//! The decoder: Llama 3.x, Qwen2 and Qwen3 in one readable file, top to bottom.
+//!
+//! The three families share one block: pre-norm attention with rotary embeddings and grouped
+//! KV heads, then a SwiGLU MLP. They differ only in flags on [`DecoderConfig`]:
+//! Qwen2 adds q/k/v biases, Qwen3 adds a per-head RMSNorm on q and k (and an explicit
+//! `head_dim`), Llama 3.1+ rescales RoPE frequencies (`rope_type: "llama3"`).
+//!
+//! Two forward flavours share every line except three ops. With `train = true` the norm,
+//! softmax and rotary embedding are compositions of differentiable primitives, because
+//! candle's fused kernels for them record no backward and would silently cut gradients
+//! (stack.md). With `train = false` the fused kernels run.
+//!
+//! Tensor shapes in comments: B batch, T new tokens, S keys (cache + new), H query heads,
+//! K key/value heads, D head dim, C hidden size.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
+use rand::Rng;
+
+use crate::config::DecoderConfig;
+use crate::error::{ModelError, Result};
+
+/// Where weights come from: a safetensors checkpoint, or random initialisation.
+pub trait WeightSource {
+    /// The tensor called `name` (an HF parameter name), checked to have `shape`.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// Whether the source holds a tensor called `name` (for optional tensors like `lm_head`).
+    fn contains(&self, name: &str) -> bool;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear layers, with an optional LoRA adapter and a frozen path that keeps no weight gradient.
+
+/// A LoRA adapter on one linear layer: `y += scale · (dropout(x) Aᵀ) Bᵀ`, as PEFT computes it.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// (r, in)
+    pub a: Tensor,
+    /// (out, r)
+    pub b: Tensor,
+    /// `alpha / r`
+    pub scale: f64,
+    pub dropout: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// (out, in), as stored in HF checkpoints.
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub lora: Option<LoraAdapter>,
+    /// When set, the weight is a constant for backprop: gradients flow to the input only.
+    pub frozen: bool,
+}
+
+/// `x Wᵀ` whose backward gives only the input gradient `g W`. candle's matmul backward always
+/// computes (and keeps) the gradient of both operands, which under LoRA would cost a full
+/// weight-gradient GEMM and a weight-sized buffer per layer for a weight nobody updates.
+struct FrozenMatmul {
+    weight: Tensor,
+}
+
+impl FrozenMatmul {
+    fn fwd_storage(&self, x: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = xl.shape().dims2()?;
+        let (n, k2) = self.weight.dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen matmul: input has {k} features, weight expects {k2}")
+        }
+        let (ws, wl) = self.weight.storage_and_layout();
+        let candle_core::Storage::Cpu(ws) = &*ws else {
+            candle_core::bail!("frozen matmul: weight and input are on different devices")
+        };
+        let wt = wl.transpose(0, 1)?;
+        let out = x.matmul(ws, (1, m, n, k), xl, &wt)?;
+        Ok((out, Shape::from((m, n))))
+    }
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.fwd_storage(s, l)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = l.shape().dims2()?;
+        let (n, _) = self.weight.dims2()?;
+        let (ws, wl) = self.weight.storage_and_layout();
+        let candle_core::Storage::Cuda(ws) = &*ws else {
+            candle_core::bail!("frozen matmul: weight and input are on different devices")
+        };
+        let out = s.matmul(ws, (1, m, n, k), l, &wl.transpose(0, 1)?)?;
+        Ok((out, Shape::from((m, n))))
+    }
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // (M, N) · (N, K) → (M, K)
+        Ok(Some(grad.matmul(&self.weight)?))
+    }
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias, lora: None, frozen: false }
+    }
+
+    pub fn load(ws: &dyn WeightSource, name: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
+        let weight = ws.get(&format!("{name}.weight"), &[out, inp])?;
+        let bias = if bias { Some(ws.get(&format!("{name}.bias"), &[out])?) } else { None };
+        Ok(Self::new(weight, bias))
+    }
+
+    /// x: (N, in) → (N, out)
+    pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let mut y = if self.frozen {
+            x.contiguous()?.apply_op1(FrozenMatmul { weight: self.weight.clone() })?
+        } else {
+            x.matmul(&self.weight.t()?)?
+        };
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let xd = ctx.dropout(x, l.dropout)?;
+            let delta = xd.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?; // (N, r) → (N, out)
+            y = (y + (delta * l.scale)?)?;
+        }
+        Ok(y)
+    }
+
+    /// `W + scale · B A`: the weight a merged checkpoint carries.
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        match &self.lora {
+            None => Ok(self.weight.clone()),
+            Some(l) => Ok((&self.weight + (l.b.matmul(&l.a)? * l.scale)?)?),
+        }
+    }
+}
+
+/// Per-call state: whether to build a differentiable graph, and the dropout RNG.
+pub struct ForwardCtx {
+    pub train: bool,
+    pub rng: Option<rand_chacha::ChaCha8Rng>,
+}
+
+impl ForwardCtx {
+    pub fn inference() -> Self {
+        Self { train: false, rng: None }
+    }
+    pub fn training(rng: Option<rand_chacha::ChaCha8Rng>) -> Self {
+        Self { train: true, rng }
+    }
+
+    fn dropout(&mut self, x: &Tensor, p: f32) -> Result<Tensor> {
+        if !self.train || p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let Some(rng) = self.rng.as_mut() else { return Ok(x.clone()) };
+        // The mask is drawn on the host from the seeded RNG so that a resumed run replays it.
+        let n = x.elem_count();
+        let keep = 1.0 / (1.0 - p);
+        let mask: Vec<f32> = (0..n).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+        Ok((x * mask)?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(ws: &dyn WeightSource, name: &str, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: ws.get(&format!("{name}.weight"), &[size])?, eps })
+    }
+
+    /// Normalises over the last dimension.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+            let x = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
+            Ok(x.broadcast_mul(&self.weight)?)
+        } else {
+            Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?)
+        }
+    }
+}
+
+fn softmax_last_dim(x: &Tensor, train: bool) -> Result<Tensor> {
+    if train {
+        let max = x.max_keepdim(D::Minus1)?;
+        let e = x.broadcast_sub(&max)?.exp()?;
+        Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embeddings
+
+/// Inverse frequencies, computed in f32 exactly as transformers does (including Llama 3's
+/// frequency-dependent rescaling), so positions map to the same angles bit for bit.
+pub fn rope_inv_freq(cfg: &DecoderConfig) -> Vec<f32> {
+    let dim = cfg.head_dim;
+    let base = cfg.rope_theta as f32;
+    let mut inv: Vec<f32> =
+        (0..dim).step_by(2).map(|i| 1.0f32 / base.powf(i as f32 / dim as f32)).collect();
+    if let Some(s) = &cfg.rope_scaling {
+        let factor = s.factor as f32;
+        let (lo, hi) = (s.low_freq_factor as f32, s.high_freq_factor as f32);
+        let old = s.original_max_position_embeddings as f32;
+        let low_freq_wavelen = old / lo;
+        let high_freq_wavelen = old / hi;
+        for f in inv.iter_mut() {
+            let wavelen = 2.0 * std::f32::consts::PI / *f;
+            let scaled = if wavelen > low_freq_wavelen { *f / factor } else { *f };
+            let medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+            *f = if medium {
+                let smooth = (old / wavelen - lo) / (hi - lo);
+                (1.0 - smooth) * scaled / factor + smooth * scaled
+            } else {
+                scaled
+            };
+        }
+    }
+    inv
+}
+
+/// cos and sin tables for the given positions: (B, 1, T, D), halves duplicated as in HF's
+/// rotate-half convention.
+fn rope_tables(inv_freq: &[f32], positions: &[Vec<u32>], dev: &Device) -> Result<(Tensor, Tensor)> {
+    let b = positions.len();
+    let t = positions.first().map_or(0, |p| p.len());
+    let half = inv_freq.len();
+    let d = 2 * half;
+    let mut cos = Vec::with_capacity(b * t * d);
+    let mut sin = Vec::with_capacity(b * t * d);
+    for row in positions {
+        for &p in row {
+            let angles: Vec<f32> = inv_freq.iter().map(|f| p as f32 * f).collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos()));
+                sin.extend(angles.iter().map(|a| a.sin()));
+            }
+        }
+    }
+    Ok((Tensor::from_vec(cos, (b, 1, t, d), dev)?, Tensor::from_vec(sin, (b, 1, t, d), dev)?))
+}
+
+/// x: (B, heads, T, D)
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV cache
+
+/// Preallocated keys and values for every layer: (B, K, capacity, D) each. Generation writes
+/// new positions in place, so decoding allocates nothing per step for the cache.
+pub struct KvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    pub len: usize,
+    pub capacity: usize,
+}
+
+impl KvCache {
+    pub fn new(cfg: &DecoderConfig, batch: usize, capacity: usize, dev: &Device) -> Result<Self> {
+        let shape = (batch, cfg.num_key_value_heads, capacity, cfg.head_dim);
+        let mut k = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut v = Vec::with_capacity(cfg.num_hidden_layers);
+        for _ in 0..cfg.num_hidden_layers {
+            k.push(Tensor::zeros(shape, DType::F32, dev)?);
+            v.push(Tensor::zeros(shape, DType::F32, dev)?);
+        }
+        Ok(Self { k, v, len: 0, capacity })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(ws: &dyn WeightSource, p: &str, cfg: &DecoderConfig) -> Result<Self> {
+        let (c, h, k, d) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let qk_norm = |n: &str| -> Result<Option<RmsNorm>> {
+            if cfg.qk_norm {
+                Ok(Some(RmsNorm::load(ws, &format!("{p}.{n}"), d, cfg.rms_norm_eps)?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Self {
+            q_proj: Linear::load(ws, &format!("{p}.q_proj"), h * d, c, cfg.qkv_bias)?,
+            k_proj: Linear::load(ws, &format!("{p}.k_proj"), k * d, c, cfg.qkv_bias)?,
+            v_proj: Linear::load(ws, &format!("{p}.v_proj"), k * d, c, cfg.qkv_bias)?,
+            o_proj: Linear::load(ws, &format!("{p}.o_proj"), c, h * d, cfg.o_bias)?,
+            q_norm: qk_norm("q_norm")?,
+            k_norm: qk_norm("k_norm")?,
+            n_heads: h,
+            n_kv: k,
+            head_dim: d,
+        })
+    }
+
+    /// x: (B·T, C) → (B·T, C). `mask` is additive, (B, 1, 1, T, S) or broadcastable.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        rope: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        cache: Option<(&Tensor, &Tensor, usize)>,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        let (h, kh, d) = (self.n_heads, self.n_kv, self.head_dim);
+        let q = self.q_proj.forward(x, ctx)?.reshape((b, t, h, d))?;
+        let k = self.k_proj.forward(x, ctx)?.reshape((b, t, kh, d))?;
+        let v = self.v_proj.forward(x, ctx)?.reshape((b, t, kh, d))?;
+        let q = match &self.q_norm {
+            Some(n) => n.forward(&q, ctx.train)?,
+            None => q,
+        };
+        let k = match &self.k_norm {
+            Some(n) => n.forward(&k, ctx.train)?,
+            None => k,
+        };
+        let q = apply_rope(&q.transpose(1, 2)?, &rope.0, &rope.1)?; // (B, H, T, D)
+        let k = apply_rope(&k.transpose(1, 2)?, &rope.0, &rope.1)?.contiguous()?; // (B, K, T, D)
+        let v = v.transpose(1, 2)?.contiguous()?; // (B, K, T, D)
+
+        let (k, v) = match cache {
+            None => (k, v),
+            Some((ck, cv, offset)) => {
+                ck.slice_set(&k, 2, offset)?;
+                cv.slice_set(&v, 2, offset)?;
+                let s = offset + t;
+                (ck.narrow(2, 0, s)?.contiguous()?, cv.narrow(2, 0, s)?.contiguous()?) // (B, K, S, D)
+            }
+        };
+        let s = k.dim(2)?;
+
+        // Grouped-query attention without copying keys: the `rep` query heads that share a KV
+        // head are stacked along the time axis, so one batched matmul serves the whole group.
+        let rep = h / kh;
+        let q = q.contiguous()?.reshape((b, kh, rep * t, d))?; // (B, K, rep·T, D)
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?; // (B, K, rep·T, S)
+        let scores = scores.reshape((b, kh, rep, t, s))?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = softmax_last_dim(&scores, ctx.train)?.reshape((b, kh, rep * t, s))?;
+        let out = probs.matmul(&v)?; // (B, K, rep·T, D)
+        let out = out.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b * t, h * d))?;
+        self.o_proj.forward(&out, ctx)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MLP and block
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(ws: &dyn WeightSource, p: &str, cfg: &DecoderConfig) -> Result<Self> {
+        let (c, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Ok(Self {
+            gate_proj: Linear::load(ws, &format!("{p}.gate_proj"), i, c, bias)?,
+            up_proj: Linear::load(ws, &format!("{p}.up_proj"), i, c, bias)?,
+            down_proj: Linear::load(ws, &format!("{p}.down_proj"), c, i, bias)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x, ctx)?.silu()?;
+        let up = self.up_proj.forward(x, ctx)?;
+        self.down_proj.forward(&(gate * up)?, ctx)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model
+
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pub cfg: DecoderConfig,
+    /// (vocab, C)
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    /// (vocab, C); `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Tensor>,
+    inv_freq: Vec<f32>,
+}
+
+/// What one forward pass is asked to compute.
+pub struct ForwardInput<'a> {
+    /// (B, T) token ids, row-major.
+    pub ids: &'a [Vec<u32>],
+    /// (B, T) rotary positions of the new tokens.
+    pub positions: &'a [Vec<u32>],
+    /// Additive attention mask, (B, 1, 1, T, S) or broadcastable; `None` means no masking at
+    /// all (a single new token, or no padding and T == 1).
+    pub mask: Option<&'a Tensor>,
+}
+
+impl Decoder {
+    pub fn load(cfg: &DecoderConfig, ws: &dyn WeightSource) -> Result<Self> {
+        let c = cfg.hidden_size;
+        let embed_tokens = ws.get("model.embed_tokens.weight", &[cfg.vocab_size, c])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Block {
+                input_layernorm: RmsNorm::load(ws, &format!("{p}.input_layernorm"), c, cfg.rms_norm_eps)?,
+                self_attn: Attention::load(ws, &format!("{p}.self_attn"), cfg)?,
+                post_attention_layernorm: RmsNorm::load(
+                    ws,
+                    &format!("{p}.post_attention_layernorm"),
+                    c,
+                    cfg.rms_norm_eps,
+                )?,
+                mlp: Mlp::load(ws, &format!("{p}.mlp"), cfg)?,
+            });
+        }
+        let norm = RmsNorm::load(ws, "model.norm", c, cfg.rms_norm_eps)?;
+        // Some tied checkpoints still carry lm_head.weight; the tie decides, as in transformers.
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(ws.get("lm_head.weight", &[cfg.vocab_size, c])?)
+        };
+        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, inv_freq: rope_inv_freq(cfg) })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    /// The final hidden states after the last norm: (B·T, C). Logits are left to the caller,
+    /// who applies `lm_head` only where it needs them (full-vocabulary logits at every position
+    /// are the memory peak of training).
+    pub fn forward_hidden(
+        &self,
+        input: &ForwardInput,
+        mut cache: Option<&mut KvCache>,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        let b = input.ids.len();
+        let t = input.ids.first().map_or(0, |r| r.len());
+        if b == 0 || t == 0 {
+            return Err(ModelError::Input("empty batch".into()));
+        }
+        let dev = self.device();
+        let flat: Vec<u32> = input.ids.iter().flatten().copied().collect();
+        if let Some(&bad) = flat.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size)));
+        }
+        let ids = Tensor::from_vec(flat, b * t, dev)?;
+        let mut x = self.embed_tokens.embedding(&ids)?; // (B·T, C)
+        let rope = rope_tables(&self.inv_freq, input.positions, dev)?;
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        if let Some(c) = cache.as_ref() {
+            if offset + t > c.capacity {
+                return Err(ModelError::Input(format!("KV cache capacity {} exceeded", c.capacity)));
+            }
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kv = cache.as_ref().map(|c| (&c.k[i], &c.v[i], offset));
+            let h = layer.input_layernorm.forward(&x, ctx.train)?;
+            let h = layer.self_attn.forward(&h, b, t, &rope, input.mask, kv, ctx)?;
+            x = (x + h)?;
+            let h = layer.post_attention_layernorm.forward(&x, ctx.train)?;
+            let h = layer.mlp.forward(&h, ctx)?;
+            x = (x + h)?;
+        }
+        if let Some(c) = cache.as_mut() {
+            c.len += t;
+        }
+        self.norm.forward(&x, ctx.train)
+    }
+
+    /// hidden: (N, C) → logits (N, vocab)
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        Ok(hidden.matmul(&w.t()?)?)
+    }
+
+    /// Every parameter with its HF name, in checkpoint order. LoRA tensors are not included.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.visit_parameters(&mut |name, t| out.push((name.to_string(), t.clone())));
+        out
+    }
+
+    pub fn visit_parameters(&self, f: &mut dyn FnMut(&str, &Tensor)) {
+        f("model.embed_tokens.weight", &self.embed_tokens);
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            f(&format!("{p}.input_layernorm.weight"), &l.input_layernorm.weight);
+            for (n, lin) in l.linears() {
+                f(&format!("{p}.{n}.weight"), &lin.weight);
+                if let Some(b) = &lin.bias {
+                    f(&format!("{p}.{n}.bias"), b);
+                }
+            }
+            if let Some(n) = &l.self_attn.q_norm {
+                f(&format!("{p}.self_attn.q_norm.weight"), &n.weight);
+            }
+            if let Some(n) = &l.self_attn.k_norm {
+                f(&format!("{p}.self_attn.k_norm.weight"), &n.weight);
+            }
+            f(&format!("{p}.post_attention_layernorm.weight"), &l.post_attention_layernorm.weight);
+        }
+        f("model.norm.weight", &self.norm.weight);
+        if let Some(h) = &self.lm_head {
+            f("lm_head.weight", h);
+        }
+    }
+
+    /// Replaces every parameter through `f(name, old) -> new` (e.g. with `Var`-backed tensors
+    /// for training, or converted dtypes).
+    pub fn map_parameters(&mut self, f: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<()> {
+        self.embed_tokens = f("model.embed_tokens.weight", &self.embed_tokens)?;
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            l.input_layernorm.weight = f(&format!("{p}.input_layernorm.weight"), &l.input_layernorm.weight)?;
+            for (n, lin) in l.linears_mut() {
+                lin.weight = f(&format!("{p}.{n}.weight"), &lin.weight)?;
+                if let Some(b) = &lin.bias {
+                    lin.bias = Some(f(&format!("{p}.{n}.bias"), b)?);
+                }
+            }
+            if let Some(n) = l.self_attn.q_norm.as_mut() {
+                n.weight = f(&format!("{p}.self_attn.q_norm.weight"), &n.weight)?;
+            }
+            if let Some(n) = l.self_attn.k_norm.as_mut() {
+                n.weight = f(&format!("{p}.self_attn.k_norm.weight"), &n.weight)?;
+            }
+            l.post_attention_layernorm.weight =
+                f(&format!("{p}.post_attention_layernorm.weight"), &l.post_attention_layernorm.weight)?;
+        }
+        self.norm.weight = f("model.norm.weight", &self.norm.weight)?;
+        if let Some(h) = &self.lm_head {
+            self.lm_head = Some(f("lm_head.weight", h)?);
+        }
+        Ok(())
+    }
+}
+
+impl Block {
+    /// The seven projections with their module paths relative to the layer, in HF order.
+    pub fn linears(&self) -> [(&'static str, &Linear); 7] {
+        [
+            ("self_attn.q_proj", &self.self_attn.q_proj),
+            ("self_attn.k_proj", &self.self_attn.k_proj),
+            ("self_attn.v_proj", &self.self_attn.v_proj),
+            ("self_attn.o_proj", &self.self_attn.o_proj),
+            ("mlp.gate_proj", &self.mlp.gate_proj),
+            ("mlp.up_proj", &self.mlp.up_proj),
+            ("mlp.down_proj", &self.mlp.down_proj),
+        ]
+    }
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        [
+            ("self_attn.q_proj", &mut self.self_attn.q_proj),
+            ("self_attn.k_proj", &mut self.self_attn.k_proj),
+            ("self_attn.v_proj", &mut self.self_attn.v_proj),
+            ("self_attn.o_proj", &mut self.self_attn.o_proj),
+            ("mlp.gate_proj", &mut self.mlp.gate_proj),
+            ("mlp.up_proj", &mut self.mlp.up_proj),
+            ("mlp.down_proj", &mut self.mlp.down_proj),
+        ]
+    }
+}
+
+/// Additive causal mask with key padding: (B, 1, 1, T, S). Query `i` of row `r` (at cache
+/// offset `offset`) sees key `j` when `j <= offset + i` and key `j` is not padding.
+/// Masked entries get a large negative number rather than -inf, so a padding query whose keys
+/// are all masked yields a uniform row instead of NaN.
+pub fn attention_mask(key_valid: &[Vec<bool>], t: usize, offset: usize, dev: &Device) -> Result<Tensor> {
+    let b = key_valid.len();
+    let s = offset + t;
+    let mut m = vec![0f32; b * t * s];
+    for (r, valid) in key_valid.iter().enumerate() {
+        for i in 0..t {
+            for j in 0..s {
+                if j > offset + i || !valid[j] {
+                    m[(r * t + i) * s + j] = -1e30;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (b, 1, 1, t, s), dev)?)
+}
+
+/// Causal mask for unpadded (or right-padded) rows: (1, 1, 1, T, T).
+pub fn causal_mask(t: usize, dev: &Device) -> Result<Tensor> {
+    let m: Vec<f32> = (0..t * t).map(|k| if k % t > k / t { -1e30 } else { 0.0 }).collect();
+    Ok(Tensor::from_vec(m, (1, 1, 1, t, t), dev)?)
+}
