@@ -1,19 +1,470 @@
-//! `gramrr init-model`, `train-tokenizer`, `logprobs`, `generate`, `bench` (in progress).
-use clap::Args;
+//! `gramrr init-model`, `train-tokenizer`, `logprobs`, `generate` and `bench engine`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, Subcommand, ValueEnum};
+use gramrr_model::backend::{Backend, ChatMessage, GenerateRequest, Prompt, SamplingParams, ScoreRequest};
+use gramrr_model::init::{self, InitSpec};
+use gramrr_model::{Architecture, DeviceChoice, Engine, LoadOptions, WeightDType};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::io::{progress_bar, read_jsonl, JsonlWriter};
+
+/// How to load a model: shared by every subcommand that runs one.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Model directory in Hugging Face layout, or `org/name[@revision]` in the local HF cache
+    /// (HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub). Nothing is ever downloaded.
+    #[arg(long)]
+    pub model: String,
+    /// Weight precision: f32, or bf16 (weights rounded to bf16; CPU computes in f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: WeightDType,
+    /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// Most sequences per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Engine> {
+        let opts = LoadOptions { device: self.device, dtype: self.dtype, batch_size: self.batch_size, ..Default::default() };
+        Engine::load(&self.model, &opts).with_context(|| format!("loading model {}", self.model))
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ArchArg {
+    Llama,
+    Qwen2,
+    Qwen3,
+}
+
+impl From<ArchArg> for Architecture {
+    fn from(a: ArchArg) -> Self {
+        match a {
+            ArchArg::Llama => Architecture::Llama,
+            ArchArg::Qwen2 => Architecture::Qwen2,
+            ArchArg::Qwen3 => Architecture::Qwen3,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+pub enum ShapePreset {
+    /// hidden 64, 2 layers, 4 heads, 2 KV heads, intermediate 128.
+    Tiny,
+    /// Qwen3-0.6B: hidden 1024, 28 layers, 16 heads, 8 KV heads, head_dim 128,
+    /// intermediate 3072, vocab 151936 (the benchmarks' reference shape).
+    Qwen3_0_6b,
+}
+
+/// Write a random model in HF layout (config.json, model.safetensors, tokenizer.json,
+/// tokenizer_config.json with a ChatML chat template, generation_config.json).
+#[derive(Args)]
+pub struct InitModelArgs {
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Architecture (written as LlamaForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM).
+    #[arg(long, value_enum, default_value = "qwen3")]
+    arch: ArchArg,
+    /// Starting shape; the flags below override single fields.
+    #[arg(long, value_enum, default_value = "tiny")]
+    preset: ShapePreset,
+    #[arg(long)]
+    hidden: Option<usize>,
+    #[arg(long)]
+    intermediate: Option<usize>,
+    #[arg(long)]
+    layers: Option<usize>,
+    #[arg(long)]
+    heads: Option<usize>,
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    /// Head dimension (default hidden / heads).
+    #[arg(long)]
+    head_dim: Option<usize>,
+    /// Model vocabulary size; at least the tokenizer's (a larger one pads the embedding, as Qwen does).
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// Untie lm_head from the input embedding.
+    #[arg(long)]
+    untied: bool,
+    /// Apply Llama 3 rope scaling (factor 8, low 1, high 4).
+    #[arg(long)]
+    llama3_rope: bool,
+    /// Use this existing tokenizer directory (tokenizer.json, tokenizer_config.json).
+    #[arg(long, conflicts_with_all = ["corpus", "chars"])]
+    tokenizer: Option<PathBuf>,
+    /// Train a byte-level BPE tokenizer on this text file (default: a small built-in corpus).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Target BPE vocabulary when training a tokenizer.
+    #[arg(long, default_value_t = 512)]
+    bpe_vocab: usize,
+    /// Use a character-level tokenizer over exactly these characters.
+    #[arg(long)]
+    chars: Option<String>,
+    /// Std of the normal init of matrices and embeddings.
+    #[arg(long, default_value_t = 0.02)]
+    init_std: f64,
+    /// Weight file dtype: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: WeightDType,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn init_model(a: InitModelArgs) -> Result<()> {
+    let mut spec = match a.preset {
+        ShapePreset::Tiny => InitSpec::tiny(a.arch.into()),
+        ShapePreset::Qwen3_0_6b => InitSpec { architecture: a.arch.into(), ..InitSpec::qwen3_0_6b() },
+    };
+    spec.hidden_size = a.hidden.unwrap_or(spec.hidden_size);
+    spec.intermediate_size = a.intermediate.unwrap_or(spec.intermediate_size);
+    spec.num_hidden_layers = a.layers.unwrap_or(spec.num_hidden_layers);
+    spec.num_attention_heads = a.heads.unwrap_or(spec.num_attention_heads);
+    spec.num_key_value_heads = a.kv_heads.unwrap_or(spec.num_key_value_heads);
+    spec.head_dim = a.head_dim.or(spec.head_dim);
+    spec.vocab_size = a.vocab_size.unwrap_or(spec.vocab_size);
+    spec.tie_word_embeddings = !a.untied;
+    spec.llama3_rope_scaling = a.llama3_rope;
+    spec.init_std = a.init_std;
+    spec.seed = a.seed;
+    let tokenizer = if let Some(dir) = &a.tokenizer {
+        let p = dir.join("tokenizer.json");
+        tokenizers::Tokenizer::from_file(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+    } else if let Some(chars) = &a.chars {
+        init::char_tokenizer(chars)?
+    } else {
+        let text = match &a.corpus {
+            Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            None => init::BUILTIN_CORPUS.to_string(),
+        };
+        init::train_bpe_tokenizer(text.lines(), a.bpe_vocab)?
+    };
+    let dtype = if a.dtype == WeightDType::Bf16 { DType::BF16 } else { DType::F32 };
+    let cfg = init::write_random_model(&a.out, &spec, &tokenizer, dtype)?;
+    if let Some(dir) = &a.tokenizer {
+        // Keep the user's tokenizer config (chat template, special tokens) rather than ours.
+        for f in ["tokenizer_config.json", "chat_template.jinja", "chat_template.json", "special_tokens_map.json"] {
+            if dir.join(f).exists() {
+                std::fs::copy(dir.join(f), a.out.join(f))?;
+            }
+        }
+    }
+    println!(
+        "{}",
+        json!({"out": a.out, "architecture": cfg.architecture.hf_name(), "parameters": cfg.num_parameters(),
+               "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "layers": cfg.num_hidden_layers})
+    );
+    Ok(())
+}
+
+/// Train a byte-level BPE tokenizer (or build a character-level one) and save it in HF layout.
+#[derive(Args)]
+pub struct TrainTokenizerArgs {
+    /// Training text, one document per line.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output directory (tokenizer.json, tokenizer_config.json with a ChatML template).
+    #[arg(long)]
+    out: PathBuf,
+    /// Target vocabulary size, special tokens included.
+    #[arg(long, default_value_t = 1024)]
+    vocab_size: usize,
+    /// One token per distinct character of the input instead of BPE.
+    #[arg(long)]
+    char_level: bool,
+}
+
+pub fn train_tokenizer(a: TrainTokenizerArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let tok = if a.char_level {
+        init::char_tokenizer(&text.replace('\n', ""))?
+    } else {
+        init::train_bpe_tokenizer(text.lines(), a.vocab_size)?
+    };
+    init::save_tokenizer(&tok, &a.out, init::CHATML_TEMPLATE)?;
+    println!("{}", json!({"out": a.out, "vocab_size": tok.get_vocab_size(true)}));
+    Ok(())
+}
+
+/// Teacher-forced log-probabilities: for each input line {"prompt", "completion"} (raw text),
+/// the log-probability of every completion token given everything before it. The prompt is
+/// encoded with special tokens (a BOS for Llama 3), the completion without, and appended.
+/// Output lines keep the input order:
+/// {"prompt_tokens", "completion_tokens", "token_logprobs": [...], "logprob"}.
+#[derive(Args)]
+pub struct LogprobsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Input JSONL: {"prompt": str, "completion": str} per line.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output JSONL.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct LogprobsLine {
+    prompt: String,
+    completion: String,
+}
+
+pub fn logprobs(a: LogprobsArgs) -> Result<()> {
+    let lines: Vec<LogprobsLine> = read_jsonl(&a.input)?;
+    let engine = a.model.load()?;
+    let mut w = JsonlWriter::create(&a.output)?;
+    let pb = progress_bar(lines.len() as u64, "scoring");
+    // Chunks of several batches: long enough to group by length, short enough for progress.
+    for chunk in lines.chunks(engine.batch_size * 8) {
+        let reqs: Vec<ScoreRequest> =
+            chunk.iter().map(|l| ScoreRequest { prompt: Prompt::Raw(l.prompt.clone()), completion: l.completion.clone() }).collect();
+        for o in engine.score(&reqs)? {
+            w.write(&o)?;
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    w.finish()
+}
+
+/// Batched generation. Input lines are {"prompt": str} (raw text, encoded with special tokens)
+/// or {"messages": [{"role", "content"}...]} (rendered with the model's chat template and the
+/// generation prompt). Output lines keep the input order:
+/// {"text", "token_ids": [...], "finish_reason": "stop"|"length"}.
+/// Sampling is seeded per line (seed, line index): the same seed gives the same text whatever
+/// the batch size.
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Input JSONL.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output JSONL.
+    #[arg(long)]
+    output: PathBuf,
+    /// Most new tokens per line.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass (1 keeps all tokens).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep the k most likely tokens (0 keeps all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the text contains this string (repeatable); the string is cut from the text.
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct GenerateLine {
+    prompt: Option<String>,
+    messages: Option<Vec<ChatMessage>>,
+}
+
+#[derive(Serialize)]
+struct GenerateOut<'a> {
+    text: &'a str,
+    token_ids: &'a [u32],
+    finish_reason: gramrr_model::backend::FinishReason,
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    let lines: Vec<GenerateLine> = read_jsonl(&a.input)?;
+    let mut reqs = Vec::with_capacity(lines.len());
+    for (i, l) in lines.into_iter().enumerate() {
+        let prompt = match (l.prompt, l.messages) {
+            (Some(p), None) => Prompt::Raw(p),
+            (None, Some(m)) => Prompt::Chat(m),
+            _ => bail!("{}: record {}: give exactly one of \"prompt\" or \"messages\"", a.input.display(), i + 1),
+        };
+        reqs.push(GenerateRequest { prompt, seed_offset: i as u64 });
+    }
+    let engine = a.model.load()?;
+    let params = SamplingParams {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+        stop: a.stop.clone(),
+        seed: a.seed,
+        ignore_eos: false,
+    };
+    let mut w = JsonlWriter::create(&a.output)?;
+    let pb = progress_bar(reqs.len() as u64, "generating");
+    for chunk in reqs.chunks(engine.batch_size * 4) {
+        for o in engine.generate(chunk, &params)? {
+            w.write(&GenerateOut { text: &o.text, token_ids: &o.token_ids, finish_reason: o.finish_reason })?;
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    w.finish()
+}
+
+/// Measure speed and memory; prints JSON (tools/bench_report.py merges it with the PyTorch
+/// figures into BENCHMARKS.md).
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Engine: scoring throughput, greedy decoding, peak RSS, GEMM efficiency.
+    Engine(BenchEngineArgs),
+}
 
 #[derive(Args)]
-pub struct InitModelArgs {}
-#[derive(Args)]
-pub struct TrainTokenizerArgs {}
-#[derive(Args)]
-pub struct LogprobsArgs {}
-#[derive(Args)]
-pub struct GenerateArgs {}
-#[derive(Args)]
-pub struct BenchArgs {}
+struct BenchEngineArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Scoring batch: this many sequences ...
+    #[arg(long, default_value_t = 4)]
+    score_batch: usize,
+    /// ... of this many tokens.
+    #[arg(long, default_value_t = 512)]
+    score_len: usize,
+    /// Prompt length for decoding.
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    /// New tokens for decoding.
+    #[arg(long, default_value_t = 128)]
+    new_tokens: usize,
+    /// Decoding batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    decode_batches: Vec<usize>,
+    /// Timed repetitions (the best is reported; one untimed warm-up first).
+    #[arg(long, default_value_t = 2)]
+    reps: usize,
+    /// Skip the parts named here (score, decode, gemm).
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
+    /// Write the JSON here as well as to stdout.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
 
-pub fn init_model(_a: InitModelArgs) -> anyhow::Result<()> { anyhow::bail!("todo") }
-pub fn train_tokenizer(_a: TrainTokenizerArgs) -> anyhow::Result<()> { anyhow::bail!("todo") }
-pub fn logprobs(_a: LogprobsArgs) -> anyhow::Result<()> { anyhow::bail!("todo") }
-pub fn generate(_a: GenerateArgs) -> anyhow::Result<()> { anyhow::bail!("todo") }
-pub fn bench(_a: BenchArgs) -> anyhow::Result<()> { anyhow::bail!("todo") }
+fn vm_kib(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn best_of<F: FnMut() -> Result<()>>(reps: usize, mut f: F) -> Result<f64> {
+    f()?; // warm-up: page faults, allocator, thread pool
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    match a.what {
+        BenchWhat::Engine(b) => bench_engine(b),
+    }
+}
+
+fn bench_engine(b: BenchEngineArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let mut margs = b.model.clone();
+    margs.batch_size = margs.batch_size.max(b.score_batch).max(*b.decode_batches.iter().max().unwrap_or(&1));
+    let engine = margs.load()?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let rss_after_load = vm_kib("VmRSS:").unwrap_or(0);
+    let cfg = engine.model.cfg.clone();
+    let weight_bytes = cfg.num_parameters() as u64 * 4;
+    let threads = rayon::current_num_threads();
+    let vocab = engine.tokenizer.vocab_size() as u32;
+    // Deterministic pseudo-random token ids inside the tokenizer's vocabulary.
+    let ids = |n: usize, salt: u32| -> Vec<u32> {
+        (0..n as u32).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(salt * 97)) % (vocab - 8) + 4).collect()
+    };
+    let mut out = json!({
+        "model": engine.dir, "threads": threads, "parameters": cfg.num_parameters(),
+        "weight_bytes_f32": weight_bytes, "load_seconds": load_s, "rss_after_load_kib": rss_after_load,
+    });
+
+    if !b.skip.iter().any(|s| s == "score") {
+        // Scoring: the prompt is one token, everything else is completion, so every position
+        // goes through lm_head, as in scoring long rationales.
+        let items: Vec<(Vec<u32>, Vec<u32>)> =
+            (0..b.score_batch).map(|r| (ids(1, r as u32), ids(b.score_len - 1, r as u32 + 1))).collect();
+        let secs = best_of(b.reps, || engine.score_ids(&items).map(|_| ()).map_err(Into::into))?;
+        let tokens = b.score_batch * b.score_len;
+        out["score"] = json!({"batch": b.score_batch, "seq_len": b.score_len, "seconds": secs,
+                              "tokens_per_second": tokens as f64 / secs});
+        out["peak_rss_kib"] = json!(vm_kib("VmHWM:").unwrap_or(0));
+        out["peak_rss_over_weights"] = json!(vm_kib("VmHWM:").unwrap_or(0) as f64 * 1024.0 / weight_bytes as f64);
+        // Prefill FLOPs: 2 · (non-embedding params) per token for the projections, the
+        // attention score/value products, and lm_head on every position.
+        let c = cfg.hidden_size as f64;
+        let emb = (cfg.vocab_size as f64) * c;
+        let non_emb = cfg.num_parameters() as f64 - emb * if cfg.tie_word_embeddings { 1.0 } else { 2.0 };
+        let t = b.score_len as f64;
+        let attn = 2.0 * 2.0 * cfg.num_hidden_layers as f64 * (cfg.num_attention_heads * cfg.head_dim) as f64 * t * t / 2.0;
+        let flops = b.score_batch as f64 * (2.0 * non_emb * t + attn + 2.0 * emb * t);
+        out["score"]["gflops_per_second"] = json!(flops / secs / 1e9);
+    }
+
+    if !b.skip.iter().any(|s| s == "decode") {
+        let mut dec = serde_json::Map::new();
+        for &bs in &b.decode_batches {
+            let prompts: Vec<Vec<u32>> = (0..bs).map(|r| ids(b.prompt_len, 1000 + r as u32)).collect();
+            let offs: Vec<u64> = (0..bs as u64).collect();
+            // No stop tokens: every row decodes exactly `new_tokens`.
+            let params = SamplingParams { max_new_tokens: b.new_tokens, ignore_eos: true, ..Default::default() };
+            let mut eng_gen = 0usize;
+            let secs = best_of(b.reps, || {
+                let o = engine.generate_ids(&prompts, &offs, &params)?;
+                eng_gen = o.iter().map(|x| x.token_ids.len()).sum();
+                Ok(())
+            })?;
+            dec.insert(
+                format!("batch_{bs}"),
+                json!({"batch": bs, "prompt_len": b.prompt_len, "new_tokens": b.new_tokens, "seconds": secs,
+                       "generated_tokens": eng_gen, "tokens_per_second": eng_gen as f64 / secs}),
+            );
+        }
+        out["decode"] = serde_json::Value::Object(dec);
+    }
+
+    if !b.skip.iter().any(|s| s == "gemm") {
+        // The machine's matmul peak as candle reaches it: a prefill-shaped f32 GEMM.
+        let (m, k, n) = (2048usize, 1024usize, 3072usize);
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?;
+        let secs = best_of(b.reps.max(3), || Ok(x.matmul(&w.t()?).map(|_| ())?))?;
+        let gf = 2.0 * (m * k * n) as f64 / secs / 1e9;
+        out["gemm"] = json!({"m": m, "k": k, "n": n, "gflops_per_second": gf});
+        if let Some(s) = out.get("score").and_then(|s| s.get("gflops_per_second")).and_then(|g| g.as_f64()) {
+            out["score"]["fraction_of_gemm_peak"] = json!(s / gf);
+        }
+    }
+    let text = serde_json::to_string_pretty(&out)?;
+    println!("{text}");
+    if let Some(p) = &b.output {
+        std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@ mod cmd_model;
 mod cmd_pipeline;
 mod cmd_serve;
 mod cmd_train;
+mod io;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,9 @@ enum Command {
     /// Score reward models on public benchmarks.
     #[command(subcommand)]
     Eval(cmd_eval::EvalCommand),
+    /// Convert and inspect preference data files.
+    #[command(subcommand)]
+    Data(cmd_eval::DataCommand),
     /// Serve a reward model over HTTP (OpenRLHF /get_reward, /v1/judge, /v1/rank).
     Serve(cmd_serve::ServeArgs),
     /// The GRAM-R² training pipeline.
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Judge(a) => cmd_judge::judge(a),
         Command::Rank(a) => cmd_judge::rank(a),
         Command::Eval(c) => cmd_eval::run(c),
+        Command::Data(c) => cmd_eval::data(c),
         Command::Serve(a) => cmd_serve::serve(a),
         Command::Pipeline(c) => cmd_pipeline::run(c),
         Command::Demo(a) => cmd_pipeline::demo(a),

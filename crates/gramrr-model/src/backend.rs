@@ -79,11 +79,14 @@ pub struct SamplingParams {
     /// string itself is cut from the returned text.
     pub stop: Vec<String>,
     pub seed: u64,
+    /// Keep decoding through end-of-sequence tokens (fixed-length benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { max_new_tokens: 256, temperature: 0.0, top_p: 1.0, top_k: 0, stop: vec![], seed: 0 }
+        Self { max_new_tokens: 256, temperature: 0.0, top_p: 1.0, top_k: 0, stop: vec![], seed: 0, ignore_eos: false }
     }
 }
 

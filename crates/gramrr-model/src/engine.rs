@@ -362,7 +362,7 @@ impl Engine {
                 let tok = sample_token(&flat[r * v..(r + 1) * v], params, &mut rngs[r]);
                 generated[r].push(tok);
                 next[r] = tok;
-                if self.generation.eos_token_ids.contains(&tok) {
+                if !params.ignore_eos && self.generation.eos_token_ids.contains(&tok) {
                     finished[r] = Some(FinishReason::Stop);
                 } else if !params.stop.is_empty() {
                     let text = self.tokenizer.decode(&generated[r], true)?;
