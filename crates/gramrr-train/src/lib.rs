@@ -1,14 +1,24 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! gramrr-train: supervised fine-tuning for every stage of GRAM-R² — full fine-tuning or LoRA,
+//! loss on completion tokens with per-segment weights, an optional label loss, AdamW with f32
+//! moments, clipping, schedules, gradient accumulation, checkpoints with exact resume.
+//!
+//! The pipeline calls [`train_sft`] in-process with a [`gramrr_model::Decoder`] and gets the
+//! trained decoder back; the CLI (`gramrr train sft`) is a thin layer over the same function.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod bench;
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod lora;
+pub mod loss;
+pub mod optim;
+pub mod plot;
+pub mod trainer;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use data::{load_sft_jsonl, read_sft_jsonl, tokenize_record, DataStats, Segment, SftExample, SftRecord, Truncate};
+pub use error::{Result, TrainError};
+pub use lora::{load_adapter, merge_lora, save_adapter, LoraConfig, LoraTarget};
+pub use optim::{AdamWConfig, Scheduler};
+pub use trainer::{
+    train_sft, LabelLossConfig, RunInfo, Silent, SftConfig, StepMetrics, TrainObserver, TrainOutput, TrainReport,
+};

@@ -1,0 +1,166 @@
+//! Micro-batches and their losses.
+//!
+//! Only target positions go through `lm_head`: full-vocabulary logits at every position are the
+//! memory peak of training. The log-softmax is built from max/exp/sum/log, because candle's fused
+//! softmax records no backward (stack.md).
+
+use candle_core::{Device, Tensor, D};
+use gramrr_model::model::{causal_mask, Decoder, ForwardCtx, ForwardInput, Linear};
+
+use crate::data::SftExample;
+use crate::error::Result;
+
+/// Right-padded rows plus the flat indices of the hidden rows that carry a loss.
+#[derive(Debug, Clone)]
+pub struct MicroBatch {
+    pub ids: Vec<Vec<u32>>,
+    pub positions: Vec<Vec<u32>>,
+    /// Padded length T.
+    pub t: usize,
+    /// Hidden row `r·T + t` predicts `targets[i]` with weight `weights[i]`.
+    pub rows: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub weights: Vec<f32>,
+    /// Rows of the last prompt token of labelled examples, and their label indices.
+    pub label_rows: Vec<u32>,
+    pub labels: Vec<usize>,
+    /// Real (non-padding) tokens.
+    pub tokens: usize,
+}
+
+/// Builds a right-padded micro-batch (padding gets weight 0 and is never attended to by real
+/// tokens under the causal mask). Positions with weight 0 are left out of the loss rows: they
+/// add nothing to the loss or its normaliser.
+pub fn build_micro_batch(examples: &[&SftExample], pad_id: u32) -> MicroBatch {
+    let t = examples.iter().map(|e| e.len()).max().unwrap_or(0);
+    let mut mb = MicroBatch {
+        ids: Vec::with_capacity(examples.len()),
+        positions: Vec::with_capacity(examples.len()),
+        t,
+        rows: vec![],
+        targets: vec![],
+        weights: vec![],
+        label_rows: vec![],
+        labels: vec![],
+        tokens: 0,
+    };
+    for (r, ex) in examples.iter().enumerate() {
+        let ids: Vec<u32> = ex.ids().chain(std::iter::repeat_n(pad_id, t - ex.len())).collect();
+        for pos in 1..ex.len() {
+            let w = ex.weight_at(pos);
+            if w > 0.0 {
+                mb.rows.push((r * t + pos - 1) as u32);
+                mb.targets.push(ids[pos]);
+                mb.weights.push(w);
+            }
+        }
+        if let Some(l) = ex.label {
+            mb.label_rows.push((r * t + ex.prompt_ids.len() - 1) as u32);
+            mb.labels.push(l);
+        }
+        mb.tokens += ex.len();
+        mb.ids.push(ids);
+        mb.positions.push((0..t as u32).collect());
+    }
+    mb
+}
+
+/// Label-loss settings resolved to token ids.
+#[derive(Debug, Clone)]
+pub struct LabelLoss {
+    pub label_ids: Vec<u32>,
+    pub smoothing: f64,
+    pub weight: f64,
+}
+
+/// The pieces of one micro-batch's loss, already divided by the optimizer step's normalisers.
+pub struct MicroLoss {
+    /// What backpropagates.
+    pub total: Tensor,
+    pub token: Option<Tensor>,
+    pub label: Option<Tensor>,
+}
+
+/// `Σ w · nll` over rows of `logits` (N, V), with `nll = logsumexp(logits) − logits[target]`.
+pub fn weighted_nll_sum(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    // The max only shifts for stability; as a constant it needs no backward.
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?; // (N, V)
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?; // (N, 1)
+    let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?; // (N, 1)
+    let nll = (lse - picked)?.squeeze(1)?; // (N)
+    Ok((nll * weights)?.sum_all()?)
+}
+
+/// Cross entropy over the label tokens only, with label smoothing, summed over rows:
+/// `−Σ_rows Σ_k target_k · log_softmax(z)_k`, target = (1 − ε)·onehot + ε/K.
+pub fn label_ce_sum(z: &Tensor, labels: &[usize], smoothing: f64) -> Result<Tensor> {
+    let (m, k) = z.dims2()?;
+    let max = z.max_keepdim(D::Minus1)?.detach();
+    let shifted = z.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let logp = shifted.broadcast_sub(&lse)?; // (M, K)
+    let mut target = vec![(smoothing / k as f64) as f32; m * k];
+    for (r, &l) in labels.iter().enumerate() {
+        target[r * k + l] += (1.0 - smoothing) as f32;
+    }
+    let target = Tensor::from_vec(target, (m, k), z.device())?;
+    Ok((logp * target)?.sum_all()?.neg()?)
+}
+
+/// The output projection, frozen (no weight gradient) when the decoder's weights are not being
+/// trained.
+fn head_logits(decoder: &Decoder, hidden: &Tensor, frozen: bool, ctx: &mut ForwardCtx) -> Result<Tensor> {
+    let w = decoder.lm_head.as_ref().unwrap_or(&decoder.embed_tokens);
+    if frozen {
+        let lin = Linear { weight: w.clone(), bias: None, lora: None, frozen: true };
+        Ok(lin.forward(hidden, ctx)?)
+    } else {
+        Ok(decoder.logits(hidden)?)
+    }
+}
+
+/// Forward pass and loss of one micro-batch. `token_norm` is the target weight of the whole
+/// optimizer step and `label_norm` its number of labelled examples, so that gradient
+/// accumulation sums to exactly the loss of the step.
+pub fn micro_batch_loss(
+    decoder: &Decoder,
+    mb: &MicroBatch,
+    ctx: &mut ForwardCtx,
+    frozen_head: bool,
+    token_norm: f64,
+    label: Option<(&LabelLoss, f64)>,
+    dev: &Device,
+) -> Result<MicroLoss> {
+    let mask = if mb.t > 1 { Some(causal_mask(mb.t, dev)?) } else { None };
+    let input = ForwardInput { ids: &mb.ids, positions: &mb.positions, mask: mask.as_ref() };
+    let hidden = decoder.forward_hidden(&input, None, ctx)?; // (B·T, C)
+    let mut token = None;
+    if !mb.rows.is_empty() && token_norm > 0.0 {
+        let rows = Tensor::from_slice(&mb.rows, mb.rows.len(), dev)?;
+        let sel = hidden.index_select(&rows, 0)?; // (N, C)
+        let logits = head_logits(decoder, &sel, frozen_head, ctx)?; // (N, V)
+        let targets = Tensor::from_slice(&mb.targets, mb.targets.len(), dev)?;
+        let weights = Tensor::from_slice(&mb.weights, mb.weights.len(), dev)?;
+        token = Some((weighted_nll_sum(&logits, &targets, &weights)? / token_norm)?);
+    }
+    let mut lab = None;
+    if let Some((cfg, norm)) = label {
+        if !mb.label_rows.is_empty() && norm > 0.0 {
+            let rows = Tensor::from_slice(&mb.label_rows, mb.label_rows.len(), dev)?;
+            let sel = hidden.index_select(&rows, 0)?; // (M, C)
+            let w = decoder.lm_head.as_ref().unwrap_or(&decoder.embed_tokens);
+            let ids = Tensor::from_slice(&cfg.label_ids, cfg.label_ids.len(), dev)?;
+            let wl = w.index_select(&ids, 0)?; // (K, C)
+            let z = sel.matmul(&wl.t()?)?; // (M, K)
+            lab = Some((label_ce_sum(&z, &mb.labels, cfg.smoothing)? * (cfg.weight / norm))?);
+        }
+    }
+    let total = match (&token, &lab) {
+        (Some(a), Some(b)) => (a + b)?,
+        (Some(a), None) => a.clone(),
+        (None, Some(b)) => b.clone(),
+        (None, None) => Tensor::zeros((), candle_core::DType::F32, dev)?,
+    };
+    Ok(MicroLoss { total, token, label: lab })
+}
