@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use crate::backend::*;
 use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
-use crate::model::{attention_mask, causal_mask, Decoder, ForwardCtx, ForwardInput, KvCache};
+use crate::model::{attention_mask, Decoder, ForwardCtx, ForwardInput, KvCache};
 use crate::sampling::{item_rng, sample_token};
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{SafetensorsCheckpoint, WeightDType};
@@ -202,8 +202,7 @@ impl Engine {
             .map(|s| s.iter().copied().chain(std::iter::repeat_n(pad, t - s.len())).collect())
             .collect();
         let positions: Vec<Vec<u32>> = seqs.iter().map(|_| (0..t as u32).collect()).collect();
-        let mask = if t > 1 { Some(causal_mask(t, self.device())?) } else { None };
-        let input = ForwardInput { ids: &ids, positions: &positions, mask: mask.as_ref() };
+        let input = ForwardInput { ids: &ids, positions: &positions, mask: None };
         let h = self.model.forward_hidden(&input, None, &mut ForwardCtx::inference())?;
         Ok((h, t))
     }

@@ -165,6 +165,14 @@ pub fn random_weights(cfg: &DecoderConfig, std: f64, seed: u64) -> Result<Tensor
             m.insert(format!("{p}.self_attn.k_proj.bias"), zeros(kv)?);
             m.insert(format!("{p}.self_attn.v_proj.bias"), zeros(kv)?);
         }
+        if cfg.o_bias {
+            m.insert(format!("{p}.self_attn.o_proj.bias"), zeros(c)?);
+        }
+        if cfg.mlp_bias {
+            m.insert(format!("{p}.mlp.gate_proj.bias"), zeros(i)?);
+            m.insert(format!("{p}.mlp.up_proj.bias"), zeros(i)?);
+            m.insert(format!("{p}.mlp.down_proj.bias"), zeros(c)?);
+        }
         if cfg.qk_norm {
             m.insert(format!("{p}.self_attn.q_norm.weight"), ones(d)?);
             m.insert(format!("{p}.self_attn.k_norm.weight"), ones(d)?);
@@ -294,6 +302,34 @@ pub fn char_tokenizer(alphabet: &str) -> Result<Tokenizer> {
         .map_err(|e| ModelError::Tokenizer { path: "<char tokenizer>".into(), message: e.to_string() })
 }
 
+/// [`char_tokenizer`] plus `extra` tokens that each encode to a single id (for example
+/// `<think>` or `<answer>`), so a toy format's tags cost one position instead of one per
+/// character. The extras are added tokens but not *special*: decoding with
+/// `skip_special_tokens` keeps them, since a verdict parser has to read them back.
+pub fn char_tokenizer_with_tokens(alphabet: &str, extra: &[&str]) -> Result<Tokenizer> {
+    let base = char_tokenizer(alphabet)?;
+    let mut spec: Value = base
+        .to_string(false)
+        .map_err(|e| ModelError::Tokenizer { path: "<char tokenizer>".into(), message: e.to_string() })?
+        .parse::<Value>()
+        .map_err(|e| ModelError::Tokenizer { path: "<char tokenizer>".into(), message: e.to_string() })?;
+    let mut id = base.get_vocab_size(true) as u32;
+    for tok in extra {
+        if base.token_to_id(tok).is_some() {
+            return Err(ModelError::Input(format!("extra token {tok:?} is already in the vocabulary")));
+        }
+        spec["model"]["vocab"][*tok] = json!(id);
+        spec["added_tokens"]
+            .as_array_mut()
+            .expect("added_tokens is a list")
+            .push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": false}));
+        id += 1;
+    }
+    spec.to_string()
+        .parse::<Tokenizer>()
+        .map_err(|e| ModelError::Tokenizer { path: "<char tokenizer>".into(), message: e.to_string() })
+}
+
 /// Writes a complete random model directory: weights, config, tokenizer, chat template and
 /// generation config.
 pub fn write_random_model(dir: &Path, spec: &InitSpec, tokenizer: &Tokenizer, dtype: DType) -> Result<DecoderConfig> {
@@ -320,6 +356,16 @@ mod tests {
         let enc = tok.encode("<|im_start|>Q: 1<|im_end|>", false).unwrap();
         assert_eq!(enc.get_ids().len(), 6);
         assert_eq!(enc.get_ids()[0], tok.token_to_id("<|im_start|>").unwrap());
+    }
+
+    #[test]
+    fn extra_tokens_are_single_ids_and_survive_decoding() {
+        let tok = char_tokenizer_with_tokens("0123456789AB ", &["<think>", "</think>"]).unwrap();
+        let ids = tok.encode("<think>12 A</think>", false).unwrap().get_ids().to_vec();
+        assert_eq!(ids.len(), 6);
+        assert_eq!(ids[0], tok.token_to_id("<think>").unwrap());
+        assert_eq!(tok.decode(&ids, true).unwrap(), "<think>12 A</think>");
+        assert!(char_tokenizer_with_tokens("ab", &["a"]).is_err());
     }
 
     #[test]

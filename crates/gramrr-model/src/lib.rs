@@ -11,11 +11,28 @@ pub mod fsutil;
 pub mod hub;
 pub mod init;
 pub mod model;
+pub mod ops;
 pub mod sampling;
 pub mod tokenizer;
 pub mod weights;
 
 pub use backend::{Backend, ChatMessage, Prompt};
+
+/// Keeps freed tensor buffers in the process instead of returning them to the kernel.
+///
+/// candle allocates a fresh buffer for every op result; with glibc's defaults every buffer
+/// over 128 KiB is a new `mmap`, and the kernel zeroes each page on first touch. Profiles of
+/// training showed a fifth of the time in page clearing. Raising the mmap and trim thresholds
+/// lets freed buffers be reused. Idempotent; call it once at start.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; it is safe to call at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
 pub use config::{Architecture, DecoderConfig};
 pub use engine::{DeviceChoice, Engine, LoadOptions};
 pub use error::{ModelError, Result};

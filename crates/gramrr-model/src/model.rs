@@ -18,6 +18,7 @@ use rand::Rng;
 
 use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
+use crate::ops;
 
 /// Where weights come from: a safetensors checkpoint, or random initialisation.
 pub trait WeightSource {
@@ -188,6 +189,9 @@ impl RmsNorm {
 
     /// Normalises over the last dimension.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            return Ok(x.contiguous()?.apply_op2(&self.weight, ops::RmsNormOp { eps: self.eps as f32 })?);
+        }
         if train {
             let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
             let x = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
@@ -198,7 +202,20 @@ impl RmsNorm {
     }
 }
 
-fn softmax_last_dim(x: &Tensor, train: bool) -> Result<Tensor> {
+/// softmax(scale · x) over the last dimension; with `causal`, query `i` of a (…, T, S) tensor
+/// only sees keys `j ≤ offset + i`.
+fn scaled_softmax(x: &Tensor, scale: f64, causal: Option<ops::Causal>, train: bool) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        return Ok(x.contiguous()?.apply_op1(ops::SoftmaxOp { scale: scale as f32, causal })?);
+    }
+    let mut x = (x * scale)?;
+    if let Some(c) = causal {
+        let s = x.dim(D::Minus1)?;
+        let m: Vec<f32> = (0..c.t * s).map(|k| if k % s > c.offset + k / s { -1e30 } else { 0.0 }).collect();
+        let dims = x.dims().to_vec();
+        let x5 = x.reshape(((), c.t, s))?;
+        x = x5.broadcast_add(&Tensor::from_vec(m, (1, c.t, s), x.device())?)?.reshape(dims)?;
+    }
     if train {
         let max = x.max_keepdim(D::Minus1)?;
         let e = x.broadcast_sub(&max)?.exp()?;
@@ -239,7 +256,7 @@ pub fn rope_inv_freq(cfg: &DecoderConfig) -> Vec<f32> {
     inv
 }
 
-/// cos and sin tables for the given positions: (B, 1, T, D), halves duplicated as in HF's
+/// cos and sin tables for the given positions: (B, T, D), halves duplicated as in HF's
 /// rotate-half convention.
 fn rope_tables(inv_freq: &[f32], positions: &[Vec<u32>], dev: &Device) -> Result<(Tensor, Tensor)> {
     let b = positions.len();
@@ -257,16 +274,20 @@ fn rope_tables(inv_freq: &[f32], positions: &[Vec<u32>], dev: &Device) -> Result
             }
         }
     }
-    Ok((Tensor::from_vec(cos, (b, 1, t, d), dev)?, Tensor::from_vec(sin, (b, 1, t, d), dev)?))
+    Ok((Tensor::from_vec(cos, (b, t, d), dev)?, Tensor::from_vec(sin, (b, t, d), dev)?))
 }
 
-/// x: (B, heads, T, D)
+/// x: (B, T, heads, D), tables (B, T, D)
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        return Ok(x.contiguous()?.apply_op3(cos, sin, ops::RopeOp { inverse: false })?);
+    }
+    let (cos, sin) = (cos.unsqueeze(2)?, sin.unsqueeze(2)?); // (B, T, 1, D)
     let d = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, d / 2)?;
     let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+    Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,8 +378,8 @@ impl Attention {
             Some(n) => n.forward(&k, ctx.train)?,
             None => k,
         };
-        let q = apply_rope(&q.transpose(1, 2)?, &rope.0, &rope.1)?; // (B, H, T, D)
-        let k = apply_rope(&k.transpose(1, 2)?, &rope.0, &rope.1)?.contiguous()?; // (B, K, T, D)
+        let q = apply_rope(&q, &rope.0, &rope.1)?.transpose(1, 2)?; // (B, H, T, D)
+        let k = apply_rope(&k, &rope.0, &rope.1)?.transpose(1, 2)?.contiguous()?; // (B, K, T, D)
         let v = v.transpose(1, 2)?.contiguous()?; // (B, K, T, D)
 
         let (k, v) = match cache {
@@ -377,13 +398,16 @@ impl Attention {
         let rep = h / kh;
         let q = q.contiguous()?.reshape((b, kh, rep * t, d))?; // (B, K, rep·T, D)
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?; // (B, K, rep·T, S)
-        let scores = scores.reshape((b, kh, rep, t, s))?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
+        let scores = q.matmul(&k.t()?)?; // (B, K, rep·T, S)
+        let probs = match mask {
+            // Padding: an explicit additive mask (B, 1, 1, T, S).
+            Some(m) => {
+                let scores = (scores * scale)?.reshape((b, kh, rep, t, s))?.broadcast_add(m)?;
+                scaled_softmax(&scores, 1.0, None, ctx.train)?.reshape((b, kh, rep * t, s))?
+            }
+            // No padding among the keys: causality alone, fused into the softmax.
+            None => scaled_softmax(&scores, scale, Some(ops::Causal { t, offset: s - t }), ctx.train)?,
         };
-        let probs = softmax_last_dim(&scores, ctx.train)?.reshape((b, kh, rep * t, s))?;
         let out = probs.matmul(&v)?; // (B, K, rep·T, D)
         let out = out.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b * t, h * d))?;
         self.o_proj.forward(&out, ctx)
@@ -446,8 +470,9 @@ pub struct ForwardInput<'a> {
     pub ids: &'a [Vec<u32>],
     /// (B, T) rotary positions of the new tokens.
     pub positions: &'a [Vec<u32>],
-    /// Additive attention mask, (B, 1, 1, T, S) or broadcastable; `None` means no masking at
-    /// all (a single new token, or no padding and T == 1).
+    /// Additive attention mask (B, 1, 1, T, S) for batches with padding among the keys (left
+    /// padding in generation). `None` means plain causal attention: right-padded or unpadded
+    /// rows, where real tokens never see padding; it runs fused and is the training path.
     pub mask: Option<&'a Tensor>,
 }
 

@@ -5,7 +5,7 @@
 //! softmax records no backward (stack.md).
 
 use candle_core::{Device, Tensor, D};
-use gramrr_model::model::{causal_mask, Decoder, ForwardCtx, ForwardInput, Linear};
+use gramrr_model::model::{Decoder, ForwardCtx, ForwardInput, Linear};
 
 use crate::data::SftExample;
 use crate::error::Result;
@@ -132,8 +132,8 @@ pub fn micro_batch_loss(
     label: Option<(&LabelLoss, f64)>,
     dev: &Device,
 ) -> Result<MicroLoss> {
-    let mask = if mb.t > 1 { Some(causal_mask(mb.t, dev)?) } else { None };
-    let input = ForwardInput { ids: &mb.ids, positions: &mb.positions, mask: mask.as_ref() };
+    // Right padding: causal attention alone keeps real tokens off the padding (fused path).
+    let input = ForwardInput { ids: &mb.ids, positions: &mb.positions, mask: None };
     let hidden = decoder.forward_hidden(&input, None, ctx)?; // (B·T, C)
     let mut token = None;
     if !mb.rows.is_empty() && token_norm > 0.0 {

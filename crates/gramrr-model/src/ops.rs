@@ -1,0 +1,304 @@
+//! Fused CPU kernels for the three ops candle fuses without a backward (RMSNorm, softmax,
+//! rotary embedding), each with a backward, so training gets one pass per op instead of six
+//! to ten elementwise passes and their allocations. On other devices the model falls back to
+//! differentiable compositions of candle primitives (same math, more passes).
+//!
+//! Every kernel works on rows of the last dimension of a contiguous f32 tensor.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: expected f32") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// Rows big enough to be worth a rayon task; small tensors run inline.
+const PAR_MIN: usize = 1 << 14;
+
+fn rows_mut(out: &mut [f32], c: usize) -> impl IndexedParallelIterator<Item = &mut [f32]> {
+    out.par_chunks_mut(c).with_min_len((PAR_MIN / c.max(1)).max(1))
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm: y = x / sqrt(mean(x²) + eps) · w
+
+pub struct RmsNormOp {
+    pub eps: f32,
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "gramrr-rms-norm"
+    }
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(xs, xl, "rms_norm x")?;
+        let w = f32_slice(ws, wl, "rms_norm w")?;
+        let c = w.len();
+        let mut out = vec![0f32; x.len()];
+        let eps = self.eps;
+        rows_mut(&mut out, c).enumerate().for_each(|(r, o)| {
+            let xr = &x[r * c..(r + 1) * c];
+            let ms = xr.iter().map(|v| v * v).sum::<f32>() / c as f32;
+            let inv = 1.0 / (ms + eps).sqrt();
+            for i in 0..c {
+                o[i] = xr[i] * inv * w[i];
+            }
+        });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let c = w.dim(0)?;
+        // One pass gives dx and the per-row contributions g·x̂ to dw, side by side.
+        let both = x.contiguous()?.apply_op2_no_bwd(&g.contiguous()?, &RmsNormBwd { eps: self.eps, w: w.clone() })?;
+        let both = both.reshape(((), 2 * c))?;
+        let dx = both.narrow(1, 0, c)?.reshape(x.shape())?;
+        // A frozen norm weight must get no gradient at all: candle would keep whatever we
+        // return, and the LoRA path promises no weight gradients.
+        let dw = if w.track_op() { Some(both.narrow(1, c, c)?.sum(0)?) } else { None };
+        Ok((Some(dx), dw))
+    }
+}
+
+struct RmsNormBwd {
+    eps: f32,
+    w: Tensor,
+}
+
+impl CustomOp2 for RmsNormBwd {
+    fn name(&self) -> &'static str {
+        "gramrr-rms-norm-bwd"
+    }
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(xs, xl, "rms_norm_bwd x")?;
+        let g = f32_slice(gs, gl, "rms_norm_bwd g")?;
+        let w = self.w.to_vec1::<f32>()?;
+        let c = w.len();
+        let rows = x.len() / c;
+        let mut out = vec![0f32; rows * 2 * c];
+        let eps = self.eps;
+        rows_mut(&mut out, 2 * c).enumerate().for_each(|(r, o)| {
+            let xr = &x[r * c..(r + 1) * c];
+            let gr = &g[r * c..(r + 1) * c];
+            let ms = xr.iter().map(|v| v * v).sum::<f32>() / c as f32;
+            let inv = 1.0 / (ms + eps).sqrt();
+            // dx = inv · (g·w − x̂ · mean(g·w·x̂))
+            let mut dot = 0f32;
+            for i in 0..c {
+                dot += gr[i] * w[i] * xr[i] * inv;
+            }
+            let mean = dot / c as f32;
+            for i in 0..c {
+                let xhat = xr[i] * inv;
+                o[i] = inv * (gr[i] * w[i] - xhat * mean);
+                o[c + i] = gr[i] * xhat;
+            }
+        });
+        let mut dims = xl.shape().dims().to_vec();
+        *dims.last_mut().expect("rank ≥ 1") = 2 * c;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax over the last dimension of scale·x, optionally causal.
+
+/// Causal structure of a (…, T, S) score tensor: query `i` (row index mod T) sees keys
+/// `j ≤ offset + i`.
+#[derive(Clone, Copy, Debug)]
+pub struct Causal {
+    pub t: usize,
+    pub offset: usize,
+}
+
+pub struct SoftmaxOp {
+    pub scale: f32,
+    pub causal: Option<Causal>,
+}
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "gramrr-softmax"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "softmax")?;
+        let n = *l.shape().dims().last().expect("rank ≥ 1");
+        let mut out = vec![0f32; x.len()];
+        let (scale, causal) = (self.scale, self.causal);
+        rows_mut(&mut out, n).enumerate().for_each(|(r, o)| {
+            let xr = &x[r * n..(r + 1) * n];
+            let valid = match causal {
+                Some(c) => (c.offset + r % c.t + 1).min(n),
+                None => n,
+            };
+            let mut max = f32::NEG_INFINITY;
+            for &v in &xr[..valid] {
+                max = max.max(v * scale);
+            }
+            let mut sum = 0f32;
+            for j in 0..valid {
+                let e = (xr[j] * scale - max).exp();
+                o[j] = e;
+                sum += e;
+            }
+            let inv = 1.0 / sum;
+            for v in &mut o[..valid] {
+                *v *= inv;
+            }
+            // Masked keys stay exactly zero, in the forward and so in the backward.
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBwd { scale: self.scale })?))
+    }
+}
+
+struct SoftmaxBwd {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "gramrr-softmax-bwd"
+    }
+    fn cpu_fwd(&self, ys: &CpuStorage, yl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = f32_slice(ys, yl, "softmax_bwd y")?;
+        let g = f32_slice(gs, gl, "softmax_bwd g")?;
+        let n = *yl.shape().dims().last().expect("rank ≥ 1");
+        let mut out = vec![0f32; y.len()];
+        let scale = self.scale;
+        rows_mut(&mut out, n).enumerate().for_each(|(r, o)| {
+            let yr = &y[r * n..(r + 1) * n];
+            let gr = &g[r * n..(r + 1) * n];
+            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for j in 0..n {
+                o[j] = scale * yr[j] * (gr[j] - dot);
+            }
+        });
+        Ok((CpuStorage::F32(out), yl.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embedding, HF rotate-half convention, on (B, T, H, D) with tables (B, T, D).
+
+pub struct RopeOp {
+    /// Rotate by −θ: the transpose of the rotation, which is its backward.
+    pub inverse: bool,
+}
+
+impl CustomOp3 for RopeOp {
+    fn name(&self) -> &'static str {
+        "gramrr-rope"
+    }
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        cs: &CpuStorage,
+        cl: &Layout,
+        ss: &CpuStorage,
+        sl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(xs, xl, "rope x")?;
+        let cos = f32_slice(cs, cl, "rope cos")?;
+        let sin = f32_slice(ss, sl, "rope sin")?;
+        let dims = xl.shape().dims();
+        let (h, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let half = d / 2;
+        let sign = if self.inverse { -1.0f32 } else { 1.0 };
+        let mut out = vec![0f32; x.len()];
+        // One chunk per (b, t): all heads share that position's angles.
+        out.par_chunks_mut(h * d).with_min_len((PAR_MIN / (h * d)).max(1)).enumerate().for_each(|(bt, o)| {
+            let c = &cos[bt * d..(bt + 1) * d];
+            let s = &sin[bt * d..(bt + 1) * d];
+            for hh in 0..h {
+                let base = bt * h * d + hh * d;
+                let xr = &x[base..base + d];
+                let or = &mut o[hh * d..(hh + 1) * d];
+                for i in 0..half {
+                    let (x1, x2) = (xr[i], xr[i + half]);
+                    or[i] = x1 * c[i] - sign * x2 * s[i];
+                    or[i + half] = x2 * c[i + half] + sign * x1 * s[i + half];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = g.contiguous()?.apply_op3_no_bwd(cos, sin, &RopeOp { inverse: !self.inverse })?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32) {
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < tol, "max diff {d}");
+    }
+
+    /// Gradients of the fused ops equal those of the candle compositions they replace.
+    #[test]
+    fn fused_ops_match_compositions_forward_and_backward() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 4, 8), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(1f32, 0.2, 8, &dev).unwrap()).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (2, 3, 4, 8), &dev).unwrap();
+
+        // RMSNorm
+        let fused = x.as_tensor().apply_op2(w.as_tensor(), RmsNormOp { eps: 1e-6 }).unwrap();
+        let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let comp = x.broadcast_div(&(ms + 1e-6).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&w).unwrap();
+        close(&fused, &comp, 1e-5);
+        let gf = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (comp * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&x).unwrap(), gc.get(&x).unwrap(), 1e-4);
+        close(gf.get(&w).unwrap(), gc.get(&w).unwrap(), 1e-4);
+
+        // Causal scaled softmax on (B, H, T, S) with T = S = 4 and cache offset 0, and with offset 2.
+        for (t, offset) in [(4usize, 0usize), (2, 2)] {
+            let s = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, t, 4), &dev).unwrap()).unwrap();
+            let p = Tensor::randn(0f32, 1.0, (2, 3, t, 4), &dev).unwrap();
+            let fused = s.as_tensor().apply_op1(SoftmaxOp { scale: 0.5, causal: Some(Causal { t, offset }) }).unwrap();
+            let m: Vec<f32> = (0..t * 4).map(|k| if k % 4 > offset + k / 4 { -1e30 } else { 0.0 }).collect();
+            let m = Tensor::from_vec(m, (1, 1, t, 4), &dev).unwrap();
+            let z = (s.as_tensor() * 0.5).unwrap().broadcast_add(&m).unwrap();
+            let e = z.broadcast_sub(&z.max_keepdim(D::Minus1).unwrap()).unwrap().exp().unwrap();
+            let comp = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+            close(&fused, &comp, 1e-6);
+            let gf = (fused * &p).unwrap().sum_all().unwrap().backward().unwrap();
+            let gc = (comp * &p).unwrap().sum_all().unwrap().backward().unwrap();
+            close(gf.get(&s).unwrap(), gc.get(&s).unwrap(), 1e-5);
+        }
+
+        // RoPE on (B, T, H, D) with (B, T, D) tables.
+        let ang = Tensor::randn(0f32, 1.0, (2, 3, 4), &dev).unwrap();
+        let ang = Tensor::cat(&[&ang, &ang], 2).unwrap();
+        let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
+        let fused = x.as_tensor().apply_op3(&cos, &sin, RopeOp { inverse: false }).unwrap();
+        let (c4, s4) = (cos.unsqueeze(2).unwrap(), sin.unsqueeze(2).unwrap());
+        let x1 = x.narrow(3, 0, 4).unwrap();
+        let x2 = x.narrow(3, 4, 4).unwrap();
+        let rot = Tensor::cat(&[&x2.neg().unwrap(), &x1], 3).unwrap();
+        let comp = (x.broadcast_mul(&c4).unwrap() + rot.broadcast_mul(&s4).unwrap()).unwrap();
+        close(&fused, &comp, 1e-6);
+        let gf = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (comp * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&x).unwrap(), gc.get(&x).unwrap(), 1e-5);
+    }
+}
