@@ -388,7 +388,8 @@ impl Attention {
                 ck.slice_set(&k, 2, offset)?;
                 cv.slice_set(&v, 2, offset)?;
                 let s = offset + t;
-                (ck.narrow(2, 0, s)?.contiguous()?, cv.narrow(2, 0, s)?.contiguous()?) // (B, K, S, D)
+                // Views into the cache, not copies: the matmuls read strided batches directly.
+                (ck.narrow(2, 0, s)?, cv.narrow(2, 0, s)?) // (B, K, S, D)
             }
         };
         let s = k.dim(2)?;
