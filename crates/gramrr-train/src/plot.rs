@@ -69,7 +69,10 @@ pub fn loss_curve(losses: &[f32], path: &Path, title: &str) -> Result<()> {
     let mut mesh = chart.configure_mesh();
     mesh.light_line_style(WHITE.mix(0.0));
     if text {
-        mesh.x_desc("optimizer step").y_desc("loss").label_style(("sans-serif", 15));
+        mesh.x_desc("optimizer step")
+            .y_desc("loss")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .label_style(("sans-serif", 15));
     } else {
         mesh.disable_x_axis().disable_y_axis();
     }
