@@ -142,7 +142,7 @@ impl Pipeline {
     /// Runs a training stage: skip when done, else train and record `model` (plus `extra`
     /// outputs) with stats.
     #[allow(clippy::too_many_arguments)]
-    fn train_stage(
+    pub(crate) fn train_stage(
         &mut self,
         name: &str,
         settings: Value,
@@ -487,7 +487,7 @@ impl Pipeline {
         let mut inputs = BTreeMap::new();
         inputs.insert("pseudo".into(), h);
         if tasks.is_empty() {
-            return Err(PipelineError::stage(&name, "no pseudo-label passed the vote and the threshold; lower self_training.threshold"));
+            note(format!("{name}: no pseudo-label passed the vote and the threshold; this iteration adds no data (lower self_training.threshold?)"));
         }
         self.proof_stage(&name, inputs, tasks)
     }

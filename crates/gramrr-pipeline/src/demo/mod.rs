@@ -1,1 +1,381 @@
-//! placeholder
+//! `gramrr demo`: the whole method in a small world built from nothing, on a CPU.
+//!
+//! 1. A seeded synthetic preference domain ([`domain`]): arithmetic questions with one right
+//!    and one wrong answer in several styles; a small seed set with rationales, a larger
+//!    labeled set without, a large unlabeled set (labels hidden but kept to measure
+//!    pseudo-labels) and a held-out test set on questions nothing else uses.
+//! 2. A tiny Qwen3-architecture backbone with a character tokenizer, saved in HF layout and
+//!    pretrained as a plain language model on domain text: the stand-in for a pretrained LLM.
+//! 3. The pipeline on it, with the compact format: prover, proof synthesis with Eq. 5,
+//!    initial reward model, self-training, final fine-tune; plus the vanilla generative RM
+//!    (backbone + seed rationales only) and the compute-matched control.
+//! 4. A report: accuracies by stage, pseudo-label accuracy before and after denoising, Eq. 5
+//!    against random proof selection, and the time taken.
+
+pub mod domain;
+pub mod report;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::DType;
+use gramrr_data::{Label, PreferencePair};
+use gramrr_model::backend::Prompt;
+use gramrr_model::init::{char_tokenizer_with_tokens, write_random_model, InitSpec, CHATML_TEMPLATE};
+use gramrr_model::Architecture;
+use gramrr_train::Segment;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::config::*;
+use crate::data::{make_example, write_pairs};
+use crate::error::{PipelineError, Result};
+use crate::format::compact::TAGS;
+use crate::pipeline::Pipeline;
+use crate::progress::note;
+use crate::pseudo::PseudoItem;
+use crate::run::{RunDir, StageStatus};
+use crate::store::read_items;
+use crate::synth::SynthItem;
+use domain::{computation_correct, Domain, DomainSizes};
+use report::{Accuracy, ProofSelection, PseudoLabelReport, Report};
+
+/// How big a demo to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DemoSize {
+    /// The real demonstration (≤ 20 minutes on 2 cores).
+    Full,
+    /// The same report from a smaller world (≤ 3 minutes, for CI).
+    Quick,
+    /// Smaller still, for the test suite: checks the plumbing, not the method.
+    Tiny,
+}
+
+impl DemoSize {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DemoSize::Full => "full",
+            DemoSize::Quick => "quick",
+            DemoSize::Tiny => "tiny",
+        }
+    }
+}
+
+/// The backbone's shape (Qwen3 architecture).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backbone {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+}
+
+/// Everything the demo decides: data sizes, model shape, and every stage's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DemoConfig {
+    pub sizes: DomainSizes,
+    pub backbone: Backbone,
+    pub pretrain: TrainConfig,
+    pub prover: TrainConfig,
+    pub reward_model: TrainConfig,
+    pub baseline: TrainConfig,
+    pub self_training: SelfTrainingConfig,
+    pub final_tune: TrainConfig,
+    pub synthesis: SynthesisConfig,
+    pub engine: EngineConfig,
+    pub max_chars: usize,
+}
+
+fn tc(steps: usize, lr: f64, batch: usize, warmup: f64) -> TrainConfig {
+    TrainConfig {
+        steps: Some(steps),
+        lr,
+        batch_size: batch,
+        warmup_ratio: warmup,
+        scheduler: "cosine".into(),
+        // demo-notes: AdamW β = (0.9, 0.98), weight decay 0.05, clip 1.0.
+        weight_decay: 0.05,
+        beta2: 0.98,
+        max_len: 160,
+        // demo-notes #1: the right/wrong words and the label ×10.
+        decision_weight: 10.0,
+        group_by_length: false,
+        save_every: 100,
+        ..TrainConfig::default()
+    }
+}
+
+impl DemoConfig {
+    pub fn new(size: DemoSize) -> Self {
+        // Sizes: labels are scarce (seed ≪ labeled ≪ unlabeled), unlabeled data plentiful.
+        let (sizes, backbone, steps) = match size {
+            DemoSize::Full => (
+                DomainSizes { seed: 200, labeled: 1500, unlabeled: 6000, test: 1000, pretrain: 38_400 },
+                Backbone { hidden: 128, intermediate: 384, layers: 4, heads: 4, kv_heads: 4 },
+                // pretrain, prover, rm, baseline, self-training per iteration, final
+                [600, 150, 400, 150, 200, 50],
+            ),
+            DemoSize::Quick => (
+                DomainSizes { seed: 120, labeled: 400, unlabeled: 1200, test: 1000, pretrain: 9_600 },
+                Backbone { hidden: 96, intermediate: 256, layers: 3, heads: 4, kv_heads: 4 },
+                [150, 40, 80, 40, 40, 15],
+            ),
+            DemoSize::Tiny => (
+                DomainSizes { seed: 24, labeled: 24, unlabeled: 48, test: 24, pretrain: 256 },
+                Backbone { hidden: 32, intermediate: 64, layers: 1, heads: 2, kv_heads: 2 },
+                [8, 4, 4, 4, 3, 2],
+            ),
+        };
+        let bs = if size == DemoSize::Tiny { 8 } else { 64 };
+        DemoConfig {
+            sizes,
+            backbone,
+            pretrain: tc(steps[0], 3e-3, bs, 0.08),
+            prover: tc(steps[1], 1.5e-3, bs / 2, 0.1),
+            reward_model: tc(steps[2], 1.5e-3, bs, 0.1),
+            baseline: tc(steps[3], 1.5e-3, bs / 2, 0.1),
+            self_training: SelfTrainingConfig {
+                iterations: 2,
+                batch: 0,
+                votes: 3,
+                temperature: 0.8,
+                top_p: 1.0,
+                max_new_tokens: 64,
+                threshold: 0.9,
+                retrain_from: RetrainFrom::Previous,
+                chunk: 160,
+                train: tc(steps[4], 1e-3, bs, 0.1),
+            },
+            final_tune: tc(steps[5], 5e-4, bs / 2, 0.1),
+            synthesis: SynthesisConfig { k: 4, temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 64, chunk: 128 },
+            engine: EngineConfig { device: "cpu".into(), dtype: "f32".into(), batch_size: 512, max_batch_tokens: 65_536 },
+            max_chars: 160,
+        }
+    }
+
+    /// The pipeline configuration of the demo's run directory.
+    pub fn pipeline_config(&self, out: &Path, seed: u64) -> PipelineConfig {
+        let data = out.join("data");
+        let run = out.join("run");
+        let opt = |t: &TrainConfig| OptionalStage { enabled: true, train: t.clone() };
+        PipelineConfig {
+            run_dir: run.clone(),
+            seed,
+            format: FormatConfig::Compact { context_free: "\n".into() },
+            data: DataConfig {
+                seed_rationales: data.join("seed.jsonl"),
+                labeled: data.join("labeled.jsonl"),
+                unlabeled: Some(data.join("unlabeled.jsonl")),
+            },
+            model: ModelConfig { base: run.join("backbone").join("model").display().to_string(), prover_base: None },
+            engine: self.engine.clone(),
+            prover: StageTrain { train: self.prover.clone() },
+            synthesis: self.synthesis.clone(),
+            filter: FilterConfig { max_chars: Some(self.max_chars), max_words: None, require_nonempty_sections: true },
+            reward_model: RewardModelConfig { include_seed: true, train: self.reward_model.clone() },
+            self_training: self.self_training.clone(),
+            final_tune: FinalConfig { enabled: true, train: self.final_tune.clone() },
+            adapt: AdaptConfig::default(),
+            baseline: opt(&self.baseline),
+            control: opt(&self.self_training.train),
+            eval: EvalConfig { data: Some(data.join("test.jsonl")), max_new_tokens: self.self_training.max_new_tokens },
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+/// Options of one demo invocation.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub out: PathBuf,
+    pub seed: u64,
+    pub size: DemoSize,
+    /// Continue a run already in `out` (finished stages are skipped).
+    pub resume: bool,
+}
+
+fn write_truth(path: &Path, ids: &[PreferencePair], labels: &[Label]) -> Result<()> {
+    let mut buf = Vec::new();
+    for (p, l) in ids.iter().zip(labels) {
+        serde_json::to_writer(&mut buf, &json!({"id": p.id, "label": l})).expect("serializes");
+        buf.push(b'\n');
+    }
+    Ok(gramrr_model::fsutil::write_atomic(path, &buf)?)
+}
+
+/// Writes the domain's files under `out/data` (deterministic: rewriting gives the same bytes).
+fn write_domain(d: &Domain, dir: &Path) -> Result<()> {
+    write_pairs(&dir.join("seed.jsonl"), &d.seed)?;
+    write_pairs(&dir.join("labeled.jsonl"), &d.labeled)?;
+    write_pairs(&dir.join("unlabeled.jsonl"), &d.unlabeled)?;
+    write_pairs(&dir.join("test.jsonl"), &d.test)?;
+    write_truth(&dir.join("unlabeled_truth.jsonl"), &d.unlabeled, &d.unlabeled_truth)?;
+    let mut buf = Vec::new();
+    for (p, c) in &d.pretrain {
+        serde_json::to_writer(&mut buf, &json!({"prompt": p, "completion": c})).expect("serializes");
+        buf.push(b'\n');
+    }
+    Ok(gramrr_model::fsutil::write_atomic(&dir.join("pretrain.jsonl"), &buf)?)
+}
+
+/// Stage `backbone`: a random Qwen3-shaped model with the demo's character tokenizer,
+/// pretrained as a language model on domain text.
+fn stage_backbone(p: &mut Pipeline, cfg: &DemoConfig, seed: u64, domain: &Domain, pretrain_file: &Path) -> Result<()> {
+    let name = "backbone";
+    let mut inputs = BTreeMap::new();
+    inputs.insert("pretrain".into(), crate::run::hash_file(pretrain_file)?.sha256);
+    let settings = json!({"backbone": cfg.backbone, "train": cfg.pretrain, "seed": seed});
+    let key = RunDir::stage_key(name, &settings, &inputs);
+    let init = p.run.stage_dir("backbone-init");
+    // The random initial model is the base the pretraining starts from; it is cheap and a pure
+    // function of the seed, so it is rewritten whenever the backbone stage runs.
+    if !p.run.is_done(name, &key) {
+        let tok = char_tokenizer_with_tokens(domain::ALPHABET, &TAGS)?;
+        let mut spec = InitSpec::tiny(Architecture::Qwen3);
+        spec.hidden_size = cfg.backbone.hidden;
+        spec.intermediate_size = cfg.backbone.intermediate;
+        spec.num_hidden_layers = cfg.backbone.layers;
+        spec.num_attention_heads = cfg.backbone.heads;
+        spec.num_key_value_heads = cfg.backbone.kv_heads;
+        spec.max_position_embeddings = 512;
+        spec.seed = seed;
+        write_random_model(&init, &spec, &tok, DType::F32)?;
+        let _ = CHATML_TEMPLATE;
+    }
+    let lines = domain.pretrain.clone();
+    let examples = move |_: &Pipeline, tok: &gramrr_model::tokenizer::TextTokenizer| {
+        lines
+            .iter()
+            .map(|(q, c)| make_example(tok, &Prompt::Raw(q.clone()), &[Segment { text: c.clone(), weight: 1.0 }]))
+            .collect()
+    };
+    p.train_stage(name, settings, inputs, &init, examples, &cfg.pretrain, None)?;
+    Ok(())
+}
+
+fn pct(num: usize, den: usize) -> f64 {
+    if den == 0 {
+        0.0
+    } else {
+        100.0 * num as f64 / den as f64
+    }
+}
+
+/// Pseudo-label accuracy before and after denoising, per iteration.
+fn pseudo_report(run: &RunDir, iterations: usize, truth: &HashMap<String, Label>) -> Result<Vec<PseudoLabelReport>> {
+    let mut out = Vec::new();
+    for i in 1..=iterations {
+        let pseudo: Vec<PseudoItem> = read_items(&run.stage_dir(&format!("iter{i}/pseudo")))?;
+        let proved: Vec<SynthItem> = read_items(&run.stage_dir(&format!("iter{i}/prove")))?;
+        let right = |id: &str, l: Option<Label>| l.is_some() && truth.get(id).copied() == l;
+        let all_right = pseudo.iter().filter(|p| right(&p.id, p.majority)).count();
+        let conf: Vec<&PseudoItem> = pseudo.iter().filter(|p| p.kept).collect();
+        let conf_right = conf.iter().filter(|p| right(&p.id, p.majority)).count();
+        let kept: Vec<&SynthItem> = proved.iter().filter(|s| s.selected.is_some()).collect();
+        let kept_right = kept.iter().filter(|s| right(&s.id, Some(s.label))).count();
+        out.push(PseudoLabelReport {
+            iteration: i,
+            n: pseudo.len(),
+            kept: kept.len(),
+            accuracy_all: pct(all_right, pseudo.len()),
+            accuracy_kept: pct(kept_right, kept.len()),
+            confident: conf.len(),
+            accuracy_confident: pct(conf_right, conf.len()),
+        });
+    }
+    Ok(out)
+}
+
+/// Eq. 5 against a random pick among the samples that passed the rules, measured by whether
+/// the proof's stated computation is correct.
+fn proof_selection(run: &RunDir, pairs: &[PreferencePair]) -> Result<ProofSelection> {
+    let items: Vec<SynthItem> = read_items(&run.stage_dir("synth"))?;
+    let question: HashMap<&str, String> = pairs.iter().map(|p| (p.id.as_str(), p.prompt.as_text())).collect();
+    let mut s = ProofSelection::default();
+    let (mut eq5, mut random, mut eq5_c, mut random_c) = (0.0, 0.0, 0.0, 0.0);
+    for it in &items {
+        let Some(sel) = it.selected else { continue };
+        let q = &question[it.id.as_str()];
+        let ok: Vec<bool> = it.samples.iter().filter(|x| x.rejection.is_none() && x.score.is_some()).map(|x| computation_correct(q, &x.text)).collect();
+        let e = computation_correct(q, &it.samples[sel].text) as u8 as f64;
+        let r = ok.iter().filter(|b| **b).count() as f64 / ok.len() as f64;
+        s.pairs += 1;
+        eq5 += e;
+        random += r;
+        if ok.iter().any(|b| *b) && ok.iter().any(|b| !*b) {
+            s.contested += 1;
+            eq5_c += e;
+            random_c += r;
+        }
+    }
+    let n = s.pairs.max(1) as f64;
+    s.eq5 = 100.0 * eq5 / n;
+    s.random = 100.0 * random / n;
+    let c = s.contested.max(1) as f64;
+    s.eq5_contested = 100.0 * eq5_c / c;
+    s.random_contested = 100.0 * random_c / c;
+    Ok(s)
+}
+
+/// Runs the demo and writes `report.json`, `report.md` and `accuracy.png` into `opts.out`.
+pub fn run_demo(opts: &DemoOptions) -> Result<Report> {
+    let t0 = Instant::now();
+    let cfg = DemoConfig::new(opts.size);
+    let out = &opts.out;
+    std::fs::create_dir_all(out).map_err(|e| PipelineError::io(out, e))?;
+    note(format!("demo ({}, seed {}): generating the domain", opts.size.as_str(), opts.seed));
+    let domain = Domain::generate(opts.seed, &cfg.sizes);
+    let data_dir = out.join("data");
+    write_domain(&domain, &data_dir)?;
+
+    let pcfg = cfg.pipeline_config(out, opts.seed);
+    let origin = out.join("pipeline.toml");
+    gramrr_model::fsutil::write_atomic(&origin, pcfg.to_toml().as_bytes())?;
+    let mut p = Pipeline::open(pcfg.clone(), &origin, opts.resume)?;
+    p.run.manifest.config = json!({"pipeline": serde_json::to_value(&pcfg).expect("serializes"), "demo": cfg, "size": opts.size});
+    p.run.save()?;
+
+    stage_backbone(&mut p, &cfg, opts.seed, &domain, &data_dir.join("pretrain.jsonl"))?;
+    let summary = p.run_all()?;
+
+    let truth: HashMap<String, Label> =
+        domain.unlabeled.iter().zip(&domain.unlabeled_truth).map(|(p, l)| (p.id.clone(), *l)).collect();
+    let acc = |k: &str| summary.accuracy.get(k).copied().unwrap_or(f64::NAN);
+    let m = cfg.self_training.iterations;
+    let mut report = Report {
+        accuracy: Accuracy {
+            vanilla_rm: acc("baseline"),
+            gram_rr_initial: acc("rm"),
+            gram_rr_self_training: (1..=m).map(|i| acc(&format!("iter{i}"))).collect(),
+            gram_rr_final: acc("final"),
+            control_extra_steps: acc("control"),
+        },
+        pseudo_labels: pseudo_report(&p.run, m, &truth)?,
+        proof_selection: proof_selection(&p.run, &domain.labeled)?,
+        seconds: t0.elapsed().as_secs_f64(),
+        seed: opts.seed,
+        size: opts.size.as_str().into(),
+        stage_seconds: 0.0,
+        stage_times: vec![],
+        test_pairs: domain.test.len(),
+        targets: vec![],
+        config: serde_json::to_value(&cfg).expect("serializes"),
+    };
+    for (name, r) in &p.run.manifest.stages {
+        if r.status == StageStatus::Done {
+            report.stage_times.push((name.clone(), r.seconds));
+            report.stage_seconds += r.seconds;
+        }
+    }
+    report.check_targets();
+    gramrr_model::fsutil::write_json_atomic(&out.join("report.json"), &serde_json::to_value(&report).expect("serializes"))?;
+    gramrr_model::fsutil::write_atomic(&out.join("report.md"), report.to_markdown().as_bytes())?;
+    if let Err(e) = report::plot_accuracy(&report, &out.join("accuracy.png")) {
+        note(format!("accuracy plot not drawn: {e}"));
+    }
+    note(format!("demo finished in {:.0}s: {}", report.seconds, out.join("report.md").display()));
+    Ok(report)
+}

@@ -1,0 +1,306 @@
+//! The demo's synthetic preference domain: 2-digit addition and subtraction, where explicit
+//! reasoning helps and every answer can be checked.
+//!
+//! A pair holds one right and one wrong answer to a question, each written in one of five
+//! styles (concise, sentence, markdown, verbose, markdown-verbose) drawn independently of
+//! correctness, so style carries no signal (as in RM-Bench). Wrong answers are the mistakes
+//! people make: a dropped carry, off by one or by ten, swapped digits. The generator is a pure
+//! function of its seed.
+//!
+//! Worked steps are written in reversed digits (`63-15` is worked as `36-51=84`, read back as
+//! 48): the model then produces the least significant digit first, when the carry is known
+//! (demo-notes #3/#4).
+
+use std::collections::HashSet;
+
+use gramrr_data::{Conversation, Label, PreferencePair};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::format::compact::{ANSWER, ANSWER_END, THINK, THINK_END};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Add,
+    Sub,
+}
+
+/// `a op b` with two-digit operands (and `a > b` for subtraction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Problem {
+    pub a: u32,
+    pub b: u32,
+    pub op: Op,
+}
+
+pub fn reversed(n: u32) -> String {
+    n.to_string().chars().rev().collect()
+}
+
+impl Problem {
+    pub fn answer(&self) -> u32 {
+        match self.op {
+            Op::Add => self.a + self.b,
+            Op::Sub => self.a - self.b,
+        }
+    }
+    fn sym(&self) -> char {
+        match self.op {
+            Op::Add => '+',
+            Op::Sub => '-',
+        }
+    }
+    /// `63-15?`
+    pub fn question(&self) -> String {
+        format!("{}{}{}?", self.a, self.sym(), self.b)
+    }
+    /// `36-51=84`: the computation in reversed digits.
+    pub fn work(&self) -> String {
+        format!("{}{}{}={}", reversed(self.a), self.sym(), reversed(self.b), reversed(self.answer()))
+    }
+    /// Parses `63-15?` back.
+    pub fn parse(q: &str) -> Option<Problem> {
+        let q = q.strip_suffix('?')?;
+        let (i, op) = q.char_indices().skip(1).find_map(|(i, c)| match c {
+            '+' => Some((i, Op::Add)),
+            '-' => Some((i, Op::Sub)),
+            _ => None,
+        })?;
+        Some(Problem { a: q[..i].parse().ok()?, b: q[i + 1..].parse().ok()?, op })
+    }
+
+    /// Plausible wrong answers: a dropped carry or borrow, off by one or ten, swapped digits.
+    pub fn wrong_answers(&self) -> Vec<u32> {
+        let c = self.answer() as i64;
+        let (a, b) = (self.a as i64, self.b as i64);
+        let no_carry = match self.op {
+            // Each column on its own, carries dropped.
+            Op::Add => ((a / 10 + b / 10) % 10) * 10 + (a % 10 + b % 10) % 10,
+            // Each column as |x - y|, borrows ignored.
+            Op::Sub => ((a / 10 - b / 10).abs()) * 10 + (a % 10 - b % 10).abs(),
+        };
+        let swapped: i64 = reversed(c as u32).parse().unwrap_or(c);
+        let mut out: Vec<u32> = [no_carry, c + 1, c - 1, c + 10, c - 10, swapped]
+            .into_iter()
+            .filter(|&w| w >= 0 && w != c)
+            .map(|w| w as u32)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// The five answer styles.
+pub const STYLES: [&str; 5] = ["concise", "sentence", "markdown", "verbose", "markdown-verbose"];
+
+pub fn styled(v: u32, style: usize) -> String {
+    match style {
+        0 => format!("{v}"),
+        1 => format!("It is {v}."),
+        2 => format!("**{v}**"),
+        3 => format!("The answer is {v}."),
+        _ => format!("Answer: **{v}**"),
+    }
+}
+
+/// The canonical rationale for a pair: the work, the result, each response judged.
+pub fn rationale(p: &Problem, va: u32, vb: u32) -> String {
+    let c = p.answer();
+    let yes = |v: u32| if v == c { "yes" } else { "no" };
+    let label = if va == c { "A" } else { "B" };
+    format!("{THINK}{} so {c}. A {va} {}. B {vb} {}.{THINK_END}{ANSWER}{label}{ANSWER_END}", p.work(), yes(va), yes(vb))
+}
+
+/// A pretraining line (its prompt and continuation): the question, the worked steps, the
+/// answer in some style.
+pub fn pretrain_text(p: &Problem, style: usize) -> (String, String) {
+    (format!("Q: {} ", p.question()), format!("{THINK}{} so {}.{THINK_END}{}", p.work(), p.answer(), styled(p.answer(), style)))
+}
+
+/// The characters every demo text is made of (the tokenizer's alphabet).
+pub const ALPHABET: &str = "0123456789+-=?.:*, \nABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Every question of the domain: a + b and a − b (a > b) for two-digit a, b.
+pub fn all_problems() -> Vec<Problem> {
+    let mut v = Vec::new();
+    for a in 10..100 {
+        for b in 10..100 {
+            v.push(Problem { a, b, op: Op::Add });
+            if a > b {
+                v.push(Problem { a, b, op: Op::Sub });
+            }
+        }
+    }
+    v
+}
+
+/// Sizes of the demo's data sets.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DomainSizes {
+    /// Pairs with human-style rationales.
+    pub seed: usize,
+    /// Labeled pairs without rationales.
+    pub labeled: usize,
+    /// Unlabeled pairs (labels hidden, kept aside to measure pseudo-label accuracy).
+    pub unlabeled: usize,
+    /// Held-out test pairs, on questions no training set or pretraining line uses.
+    pub test: usize,
+    /// Pretraining lines for the backbone.
+    pub pretrain: usize,
+}
+
+/// A pair with its hidden facts: the problem and which response is right.
+#[derive(Debug, Clone)]
+pub struct DemoPair {
+    pub pair: PreferencePair,
+    pub problem: Problem,
+}
+
+pub struct Domain {
+    pub seed: Vec<PreferencePair>,
+    pub labeled: Vec<PreferencePair>,
+    /// Without labels.
+    pub unlabeled: Vec<PreferencePair>,
+    /// The hidden labels of `unlabeled`, in the same order.
+    pub unlabeled_truth: Vec<Label>,
+    pub test: Vec<PreferencePair>,
+    pub pretrain: Vec<(String, String)>,
+}
+
+fn make_pair(rng: &mut ChaCha8Rng, p: &Problem, id: String, with_rationale: bool) -> PreferencePair {
+    let c = p.answer();
+    let wrongs = p.wrong_answers();
+    let w = wrongs[rng.random_range(0..wrongs.len())];
+    let (sc, sw) = (rng.random_range(0..STYLES.len()), rng.random_range(0..STYLES.len()));
+    let right_first = rng.random_bool(0.5);
+    let (va, vb, sa, sb) = if right_first { (c, w, sc, sw) } else { (w, c, sw, sc) };
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("style_a".into(), STYLES[sa].into());
+    metadata.insert("style_b".into(), STYLES[sb].into());
+    metadata.insert("answer".into(), c.into());
+    PreferencePair {
+        id,
+        prompt: Conversation::Text(p.question()),
+        response_a: styled(va, sa),
+        response_b: styled(vb, sb),
+        label: Some(if right_first { Label::A } else { Label::B }),
+        rationale: with_rationale.then(|| rationale(p, va, vb)),
+        metadata,
+    }
+}
+
+impl Domain {
+    /// Builds every set from `seed`. Test questions are drawn first and never reused.
+    pub fn generate(seed: u64, sizes: &DomainSizes) -> Domain {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6772_616d_7272);
+        let mut problems = all_problems();
+        problems.shuffle(&mut rng);
+        let n_test = sizes.test.min(problems.len() / 4);
+        let (test_q, train_q) = problems.split_at(n_test);
+        let test_set: HashSet<Problem> = test_q.iter().copied().collect();
+        debug_assert!(train_q.iter().all(|p| !test_set.contains(p)));
+        let pick = |rng: &mut ChaCha8Rng| train_q[rng.random_range(0..train_q.len())];
+        let set = |rng: &mut ChaCha8Rng, name: &str, n: usize, rat: bool| -> Vec<PreferencePair> {
+            (0..n).map(|i| { let p = pick(rng); make_pair(rng, &p, format!("{name}-{i:05}"), rat) }).collect()
+        };
+        let seed_set = set(&mut rng, "seed", sizes.seed, true);
+        let labeled = set(&mut rng, "labeled", sizes.labeled, false);
+        let mut unlabeled = set(&mut rng, "unlabeled", sizes.unlabeled, false);
+        let unlabeled_truth = unlabeled.iter_mut().map(|p| p.label.take().expect("generated pairs are labeled")).collect();
+        let test = test_q.iter().enumerate().map(|(i, p)| make_pair(&mut rng, p, format!("test-{i:05}"), false)).collect();
+        let pretrain = (0..sizes.pretrain)
+            .map(|_| {
+                let p = pick(&mut rng);
+                let s = rng.random_range(0..STYLES.len());
+                pretrain_text(&p, s)
+            })
+            .collect();
+        Domain { seed: seed_set, labeled, unlabeled, unlabeled_truth, test, pretrain }
+    }
+}
+
+/// Whether a proof's (or rationale's) stated computation is right: the reversed-digit work
+/// and the result it states both match the question. The domain can check this; the pipeline
+/// never does.
+pub fn computation_correct(question: &str, text: &str) -> bool {
+    let Some(p) = Problem::parse(question) else { return false };
+    let Some(start) = text.find(THINK) else { return false };
+    let body = &text[start + THINK.len()..];
+    let want = format!("{} so {}.", p.work(), p.answer());
+    body.starts_with(&want)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{CompactFormat, PairFormat};
+
+    fn sizes() -> DomainSizes {
+        DomainSizes { seed: 30, labeled: 50, unlabeled: 80, test: 100, pretrain: 40 }
+    }
+
+    #[test]
+    fn generation_is_deterministic_per_seed() {
+        let a = Domain::generate(7, &sizes());
+        let b = Domain::generate(7, &sizes());
+        let c = Domain::generate(8, &sizes());
+        assert_eq!(a.labeled, b.labeled);
+        assert_eq!(a.test, b.test);
+        assert_eq!(a.pretrain, b.pretrain);
+        assert_ne!(a.labeled, c.labeled);
+    }
+
+    #[test]
+    fn labels_name_the_right_answer_and_rationales_are_consistent() {
+        let d = Domain::generate(3, &sizes());
+        let f = CompactFormat::default();
+        let all = d.seed.iter().chain(&d.labeled).chain(&d.test);
+        for p in all {
+            let prob = Problem::parse(&p.prompt.as_text()).unwrap();
+            let value = |r: &str| -> u32 { r.chars().filter(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap() };
+            let (va, vb) = (value(&p.response_a), value(&p.response_b));
+            assert_ne!(va, vb);
+            let right = if p.label == Some(Label::A) { va } else { vb };
+            assert_eq!(right, prob.answer(), "{p:?}");
+        }
+        for p in &d.seed {
+            let z = p.rationale.as_ref().unwrap();
+            let proof = f.rationale_to_proof(z).unwrap();
+            assert!(f.check_proof(p, &proof, p.label.unwrap()).is_ok(), "{proof}");
+            assert!(computation_correct(&p.prompt.as_text(), z));
+        }
+        assert!(d.unlabeled.iter().all(|p| p.label.is_none()));
+        assert_eq!(d.unlabeled_truth.len(), d.unlabeled.len());
+    }
+
+    #[test]
+    fn test_questions_are_held_out() {
+        let d = Domain::generate(5, &sizes());
+        let test_q: HashSet<String> = d.test.iter().map(|p| p.prompt.as_text()).collect();
+        assert_eq!(test_q.len(), d.test.len(), "test questions are distinct");
+        for p in d.seed.iter().chain(&d.labeled).chain(&d.unlabeled) {
+            assert!(!test_q.contains(&p.prompt.as_text()));
+        }
+        for (q, _) in &d.pretrain {
+            assert!(!test_q.contains(q.trim_start_matches("Q: ").trim_end()));
+        }
+    }
+
+    #[test]
+    fn arithmetic_helpers() {
+        let p = Problem { a: 63, b: 15, op: Op::Sub };
+        assert_eq!((p.question(), p.work(), p.answer()), ("63-15?".to_string(), "36-51=84".to_string(), 48));
+        assert_eq!(Problem::parse("63-15?"), Some(p));
+        let q = Problem { a: 87, b: 45, op: Op::Add };
+        assert_eq!(q.work(), "78+54=231");
+        assert!(q.wrong_answers().contains(&122), "dropped carry");
+        assert!(!q.wrong_answers().contains(&132));
+        for p in all_problems() {
+            assert!(!p.wrong_answers().is_empty());
+        }
+        assert!(computation_correct("63-15?", "Claim B.<think>36-51=84 so 48. A 49 no. B 48 yes.</think>So B."));
+        assert!(!computation_correct("63-15?", "Claim B.<think>36-51=94 so 49. A 49 yes. B 48 no.</think>So A."));
+    }
+}

@@ -1,0 +1,250 @@
+//! The demo's report: `report.json` (the schema below), `report.md` (tables a person reads)
+//! and `accuracy.png` (test accuracy by stage).
+//!
+//! ```json
+//! {"accuracy": {"vanilla_rm": 0.0, "gram_rr_initial": 0.0, "gram_rr_self_training": [0.0],
+//!               "gram_rr_final": 0.0, "control_extra_steps": 0.0},
+//!  "pseudo_labels": [{"iteration": 1, "n": 0, "kept": 0, "accuracy_all": 0.0, "accuracy_kept": 0.0}],
+//!  "proof_selection": {"eq5": 0.0, "random": 0.0},
+//!  "seconds": 0.0}
+//! ```
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PipelineError, Result};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Accuracy {
+    pub vanilla_rm: f64,
+    pub gram_rr_initial: f64,
+    pub gram_rr_self_training: Vec<f64>,
+    pub gram_rr_final: f64,
+    pub control_extra_steps: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PseudoLabelReport {
+    pub iteration: usize,
+    /// Unlabeled pairs in the iteration's batch.
+    pub n: usize,
+    /// Pairs that passed every filter (vote, threshold, rules) and went into training.
+    pub kept: usize,
+    /// Accuracy of the majority-vote labels over all n pairs (no majority counts as wrong).
+    pub accuracy_all: f64,
+    /// Accuracy of the labels of the kept pairs.
+    pub accuracy_kept: f64,
+    /// Pairs above the confidence threshold, and their accuracy (before the rule filters).
+    pub confident: usize,
+    pub accuracy_confident: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProofSelection {
+    /// Percent of Eq. 5-selected proofs whose stated computation is correct.
+    pub eq5: f64,
+    /// The same for a sample picked uniformly at random among those that passed the rules
+    /// (the expectation, computed exactly).
+    pub random: f64,
+    /// Pairs compared (those with at least one passing sample).
+    pub pairs: usize,
+    /// Pairs whose passing samples disagree on correctness, where the choice matters.
+    pub contested: usize,
+    /// Percent correct among the contested pairs, for each rule.
+    pub eq5_contested: f64,
+    pub random_contested: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub accuracy: Accuracy,
+    pub pseudo_labels: Vec<PseudoLabelReport>,
+    pub proof_selection: ProofSelection,
+    /// Wall time of the invocation that finished the run.
+    pub seconds: f64,
+    pub seed: u64,
+    pub size: String,
+    /// Sum of the recorded stage times (equal to the work done, even across resumes).
+    pub stage_seconds: f64,
+    pub stage_times: Vec<(String, f64)>,
+    pub test_pairs: usize,
+    pub targets: Vec<Target>,
+    pub config: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    pub name: String,
+    pub met: bool,
+    pub detail: String,
+}
+
+impl Report {
+    /// The issue's targets, checked on the last self-training iteration (the compute-matched
+    /// comparison) and stated with their numbers.
+    pub fn check_targets(&mut self) {
+        let a = &self.accuracy;
+        let st = a.gram_rr_self_training.last().copied().unwrap_or(a.gram_rr_initial);
+        let mut t = vec![
+            Target {
+                name: "self-training beats vanilla by ≥ 10 points".into(),
+                met: st - a.vanilla_rm >= 10.0,
+                detail: format!("{st:.1} vs {:.1} ({:+.1})", a.vanilla_rm, st - a.vanilla_rm),
+            },
+            Target {
+                name: "self-training beats its initial model by ≥ 3 points".into(),
+                met: st - a.gram_rr_initial >= 3.0,
+                detail: format!("{st:.1} vs {:.1} ({:+.1})", a.gram_rr_initial, st - a.gram_rr_initial),
+            },
+            Target {
+                name: "self-training beats the compute-matched control by ≥ 3 points".into(),
+                met: st - a.control_extra_steps >= 3.0,
+                detail: format!("{st:.1} vs {:.1} ({:+.1})", a.control_extra_steps, st - a.control_extra_steps),
+            },
+        ];
+        for p in &self.pseudo_labels {
+            t.push(Target {
+                name: format!("denoising raises pseudo-label accuracy (iteration {})", p.iteration),
+                met: p.accuracy_kept > p.accuracy_all,
+                detail: format!("kept {:.1} vs all {:.1}", p.accuracy_kept, p.accuracy_all),
+            });
+        }
+        t.push(Target {
+            name: "Eq. 5 beats random selection".into(),
+            met: self.proof_selection.eq5 > self.proof_selection.random,
+            detail: format!("{:.2} vs {:.2}", self.proof_selection.eq5, self.proof_selection.random),
+        });
+        self.targets = t;
+    }
+
+    /// (stage label, accuracy) in the order they are drawn.
+    pub fn stages(&self) -> Vec<(String, f64)> {
+        let a = &self.accuracy;
+        let mut v = vec![("vanilla RM".to_string(), a.vanilla_rm), ("GRAM-R² initial".to_string(), a.gram_rr_initial)];
+        for (i, x) in a.gram_rr_self_training.iter().enumerate() {
+            v.push((format!("self-training {}", i + 1), *x));
+        }
+        v.push(("GRAM-R² final".to_string(), a.gram_rr_final));
+        v.push(("control (extra steps)".to_string(), a.control_extra_steps));
+        v
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "# gramrr demo: GRAM-R² in miniature\n\nseed {}, size {}, {} held-out test pairs, {:.0} s wall time ({:.0} s of recorded stage work).\n\n",
+            self.seed, self.size, self.test_pairs, self.seconds, self.stage_seconds
+        ));
+        s.push_str("## Pairwise accuracy on the held-out test set\n\n| model | accuracy (%) |\n|---|---|\n");
+        for (name, acc) in self.stages() {
+            s.push_str(&format!("| {name} | {acc:.1} |\n"));
+        }
+        s.push_str("\n![accuracy by stage](accuracy.png)\n\n## Pseudo-labels per self-training iteration\n\n");
+        s.push_str("| iteration | pairs | above threshold | kept (after rules) | accuracy, all | accuracy, above threshold | accuracy, kept |\n|---|---|---|---|---|---|---|\n");
+        for p in &self.pseudo_labels {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} |\n",
+                p.iteration, p.n, p.confident, p.kept, p.accuracy_all, p.accuracy_confident, p.accuracy_kept
+            ));
+        }
+        let ps = &self.proof_selection;
+        s.push_str(&format!(
+            "\n## Proof selection (labeled set)\n\nShare of selected proofs whose stated computation is correct, over {} pairs with at least one proof passing the rules: Eq. 5 **{:.2}%**, a random passing sample {:.2}%. On the {} pairs where the passing samples disagree: Eq. 5 {:.1}%, random {:.1}%.\n",
+            ps.pairs, ps.eq5, ps.random, ps.contested, ps.eq5_contested, ps.random_contested
+        ));
+        s.push_str("\n## Targets\n\n| target | met | numbers |\n|---|---|---|\n");
+        for t in &self.targets {
+            s.push_str(&format!("| {} | {} | {} |\n", t.name, if t.met { "yes" } else { "**no**" }, t.detail));
+        }
+        s.push_str("\n## Stage times (s)\n\n| stage | seconds |\n|---|---|\n");
+        for (n, t) in &self.stage_times {
+            s.push_str(&format!("| {n} | {t:.1} |\n"));
+        }
+        s
+    }
+}
+
+const FONT_CANDIDATES: [&str; 5] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+];
+
+/// Registers a system font once; without one the chart is drawn without text.
+fn ensure_font() -> bool {
+    static FONT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FONT.get_or_init(|| {
+        FONT_CANDIDATES.iter().any(|p| {
+            std::fs::read(p).ok().is_some_and(|bytes| {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+            })
+        })
+    })
+}
+
+/// A bar chart of test accuracy by stage, with the vanilla RM as a dashed reference line.
+pub fn plot_accuracy(report: &Report, path: &Path) -> Result<()> {
+    let perr = |m: String| PipelineError::Plot { path: path.to_path_buf(), message: m };
+    let stages = report.stages();
+    let text = ensure_font();
+    let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| perr(e.to_string()))?;
+    let lo = stages.iter().map(|s| s.1).fold(100.0f64, f64::min);
+    let y0 = ((lo - 10.0) / 10.0).floor().clamp(0.0, 9.0) * 10.0;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(20);
+    if text {
+        builder
+            .caption(format!("gramrr demo: pairwise accuracy on {} held-out pairs (seed {})", report.test_pairs, report.seed), ("sans-serif", 22))
+            .x_label_area_size(40)
+            .y_label_area_size(55);
+    }
+    let n = stages.len();
+    let mut chart = builder.build_cartesian_2d(0f64..n as f64, y0..100f64).map_err(|e| perr(e.to_string()))?;
+    let labels: Vec<String> = stages.iter().map(|s| s.0.clone()).collect();
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_x_mesh().x_labels(0);
+    if text {
+        mesh.y_desc("accuracy (%)").label_style(("sans-serif", 14));
+    } else {
+        mesh.disable_y_axis().disable_x_axis();
+    }
+    mesh.draw().map_err(|e| perr(e.to_string()))?;
+    let colour = |name: &str| -> RGBColor {
+        if name.starts_with("vanilla") {
+            RGBColor(150, 150, 150)
+        } else if name.starts_with("control") {
+            RGBColor(230, 150, 60)
+        } else {
+            RGBColor(60, 110, 200)
+        }
+    };
+    chart
+        .draw_series(stages.iter().enumerate().map(|(i, (name, acc))| {
+            Rectangle::new([(i as f64 + 0.15, y0), (i as f64 + 0.85, *acc)], colour(name).filled())
+        }))
+        .map_err(|e| perr(e.to_string()))?;
+    if text {
+        chart
+            .draw_series(stages.iter().enumerate().map(|(i, (_, acc))| {
+                Text::new(format!("{acc:.1}"), (i as f64 + 0.32, acc + 0.8), ("sans-serif", 15).into_font())
+            }))
+            .map_err(|e| perr(e.to_string()))?;
+        chart
+            .draw_series(labels.iter().enumerate().map(|(i, l)| {
+                Text::new(l.clone(), (i as f64 + 0.1, y0 + (100.0 - y0) * 0.02), ("sans-serif", 13).into_font().color(&WHITE))
+            }))
+            .map_err(|e| perr(e.to_string()))?;
+    }
+    let v = report.accuracy.vanilla_rm;
+    chart
+        .draw_series(DashedLineSeries::new([(0.0, v), (n as f64, v)], 6, 4, RGBColor(120, 120, 120).stroke_width(1)))
+        .map_err(|e| perr(e.to_string()))?;
+    root.present().map_err(|e| perr(e.to_string()))?;
+    Ok(())
+}
