@@ -14,7 +14,7 @@
 #[path = "formats_adapters.rs"]
 mod adapters;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -395,8 +395,8 @@ fn parse_one(format: Format, rec: &Rec, opts: &ReadOptions) -> Result<Parsed, Re
 
 /// Reads files (directories are walked) and converts each record with `convert`, which says
 /// whether the record's format fits what the caller wants.
-fn load_with<T>(
-    paths: &[PathBuf],
+fn load_with<T, P: AsRef<Path>>(
+    paths: &[P],
     opts: &ReadOptions,
     wanted: &str,
     mut convert: impl FnMut(Parsed, &mut Vec<T>) -> Result<(), String>,
@@ -477,7 +477,7 @@ fn detect_file(path: &str, records: &[Result<RawRecord, ReadError>]) -> Result<F
 
 /// Preference pairs from any pair format. RM-Bench records become their 9 pairs and JudgeBench
 /// outputs their pair; candidate-list formats are refused.
-pub fn load_pairs(paths: &[PathBuf], opts: &ReadOptions) -> Result<Loaded<PreferencePair>, ReadError> {
+pub fn load_pairs<P: AsRef<Path>>(paths: &[P], opts: &ReadOptions) -> Result<Loaded<PreferencePair>, ReadError> {
     load_with(paths, opts, "preference pairs", |p, out| {
         match p {
             Parsed::Pair(x) => out.push(x),
@@ -491,8 +491,8 @@ pub fn load_pairs(paths: &[PathBuf], opts: &ReadOptions) -> Result<Loaded<Prefer
 }
 
 /// Candidate lists (best-of-N) from RMB best-of-N, PPE best-of-K or gramrr's own form.
-pub fn load_candidates(
-    paths: &[PathBuf],
+pub fn load_candidates<P: AsRef<Path>>(
+    paths: &[P],
     opts: &ReadOptions,
 ) -> Result<Loaded<CandidateList>, ReadError> {
     load_with(paths, opts, "candidate lists", |p, out| match p {
@@ -505,7 +505,7 @@ pub fn load_candidates(
 }
 
 /// RM-Bench records, keeping the 3×3 structure.
-pub fn load_rm_bench(paths: &[PathBuf], opts: &ReadOptions) -> Result<Loaded<RmBenchRecord>, ReadError> {
+pub fn load_rm_bench<P: AsRef<Path>>(paths: &[P], opts: &ReadOptions) -> Result<Loaded<RmBenchRecord>, ReadError> {
     let opts = ReadOptions { format: Some(opts.format.unwrap_or(Format::RmBench)), ..opts.clone() };
     load_with(paths, &opts, "RM-Bench records", |p, out| match p {
         Parsed::RmBench(r) => {
@@ -517,8 +517,8 @@ pub fn load_rm_bench(paths: &[PathBuf], opts: &ReadOptions) -> Result<Loaded<RmB
 }
 
 /// JudgeBench judge-output files (pairs with recorded judgments).
-pub fn load_judgebench_outputs(
-    paths: &[PathBuf],
+pub fn load_judgebench_outputs<P: AsRef<Path>>(
+    paths: &[P],
     opts: &ReadOptions,
 ) -> Result<Loaded<JudgeBenchOutput>, ReadError> {
     let opts =
@@ -542,7 +542,7 @@ pub enum AnyRecord {
 
 /// Any format, as canonical records: pairs for pair formats (RM-Bench as its 9 pairs), candidate
 /// lists for best-of-N formats.
-pub fn load_any(paths: &[PathBuf], opts: &ReadOptions) -> Result<Loaded<AnyRecord>, ReadError> {
+pub fn load_any<P: AsRef<Path>>(paths: &[P], opts: &ReadOptions) -> Result<Loaded<AnyRecord>, ReadError> {
     load_with(paths, opts, "records", |p, out| {
         match p {
             Parsed::Pair(x) => out.push(AnyRecord::Pair(x)),

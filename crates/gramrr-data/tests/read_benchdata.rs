@@ -65,7 +65,7 @@ fn rm_bench_files_give_their_records_with_domains_from_file_names() {
 #[test]
 fn rm_bench_record_becomes_nine_chosen_vs_rejected_pairs() {
     let file = benchdata().join("rm-bench/chat_filtered.json");
-    let r = &formats::load_rm_bench(&[file.clone()], &opts()).unwrap().records[0];
+    let r = &formats::load_rm_bench(&[&file], &opts()).unwrap().records[0];
     let pairs = r.to_pairs();
     assert_eq!(pairs.len(), 9);
     assert_eq!(pairs[5].id, "chat/8/c1r2");
@@ -106,7 +106,7 @@ fn judgebench_output_files_keep_both_orders_ties_and_missing_verdicts() {
     files.sort();
     assert_eq!(files.len(), 7);
     for f in &files {
-        let out = formats::load_judgebench_outputs(&[f.clone()], &opts()).unwrap().records;
+        let out = formats::load_judgebench_outputs(&[&f], &opts()).unwrap().records;
         let name = f.file_name().unwrap().to_str().unwrap();
         assert!(out.iter().all(|o| o.judgments.len() == 2), "{name}");
         let decisions: Vec<Option<Label>> =
@@ -127,7 +127,7 @@ fn judgebench_output_files_keep_both_orders_ties_and_missing_verdicts() {
         }
     }
     let sky = files.iter().find(|f| f.to_str().unwrap().contains("Skywork-Reward-Llama")).unwrap();
-    let first = &formats::load_judgebench_outputs(&[sky.clone()], &opts()).unwrap().records[0];
+    let first = &formats::load_judgebench_outputs(&[&sky], &opts()).unwrap().records[0];
     assert_eq!(first.pair.id, "e302b0a0-28d5-5a3c-b1af-fedcf5543e72");
     assert_eq!(first.judgments[0].as_ref().unwrap().scores, Some(vec![5.625, 14.625]));
     assert_eq!(first.judgments[0].as_ref().unwrap().decision, Some(Label::B));
@@ -215,7 +215,7 @@ fn rmb_pairwise_and_best_of_n_files_give_pairs_and_candidate_lists() {
 #[test]
 fn every_benchdata_file_is_read_and_detected() {
     let root = benchdata();
-    let files = gramrr_data::read::expand_paths(&[root.clone()]).unwrap();
+    let files = gramrr_data::read::expand_paths(&[&root]).unwrap();
     assert_eq!(files.len(), 4 + 2 + 7 + 5 + 1 + 6);
     let mut total = 0;
     for f in &files {
@@ -232,7 +232,7 @@ fn every_benchdata_file_is_read_and_detected() {
             other => panic!("unexpected folder {other}"),
         };
         assert_eq!(format, expected, "{rel}");
-        let loaded = formats::load_any(&[f.clone()], &opts()).unwrap();
+        let loaded = formats::load_any(&[&f], &opts()).unwrap();
         assert!(loaded.skipped.is_empty());
         let records = match format {
             Format::RmBench => loaded.records.len() / 9,

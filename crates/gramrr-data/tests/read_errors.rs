@@ -25,7 +25,7 @@ fn a_short_style_list_is_an_error_naming_file_record_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let body = format!("[{}, {}, {}]", rm_record(1, 3), rm_record(2, 2), rm_record(3, 3));
     let p = write(&dir, "rm-bench/chat_filtered.json", &body);
-    let err = formats::load_rm_bench(&[p.clone()], &ReadOptions::default()).unwrap_err().to_string();
+    let err = formats::load_rm_bench(&[&p], &ReadOptions::default()).unwrap_err().to_string();
     assert!(
         err.ends_with("rm-bench/chat_filtered.json: record 1: field \"chosen\": expected a list of 3 strings, found 2"),
         "{err}"
@@ -46,7 +46,7 @@ fn jsonl_errors_name_the_line_and_skip_bad_steps_over_broken_json() {
         "pairs.jsonl",
         "{\"prompt\": \"q\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{\"prompt\": \"q\", \"chosen\": 3, \"rejected\": \"b\"}\n{not json\n{\"prompt\": \"q2\", \"chosen\": \"a\", \"rejected\": \"b\"}\n",
     );
-    let err = formats::load_pairs(&[p.clone()], &ReadOptions::default()).unwrap_err().to_string();
+    let err = formats::load_pairs(&[&p], &ReadOptions::default()).unwrap_err().to_string();
     assert!(err.ends_with("pairs.jsonl: line 2: field \"chosen\": expected a string or a list of messages, found a number"), "{err}");
     let loaded = formats::load_pairs(&[p], &ReadOptions { skip_bad: true, ..Default::default() }).unwrap();
     assert_eq!(loaded.records.len(), 2);
@@ -59,7 +59,7 @@ fn jsonl_errors_name_the_line_and_skip_bad_steps_over_broken_json() {
 fn a_file_whose_format_cannot_be_told_lists_its_fields_and_asks_for_format() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(&dir, "x.jsonl", "{\"foo\": 1, \"bar\": 2}\n");
-    let err = formats::load_pairs(&[p.clone()], &ReadOptions::default()).unwrap_err().to_string();
+    let err = formats::load_pairs(&[&p], &ReadOptions::default()).unwrap_err().to_string();
     assert!(err.contains("cannot tell the format from the fields of line 1 (foo, bar); give it with --format"), "{err}");
     // With the format given, the missing field is named instead.
     let opts = ReadOptions { format: Some(Format::LlmBar), ..Default::default() };

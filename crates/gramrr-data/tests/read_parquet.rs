@@ -199,7 +199,7 @@ fn helpsteer3_parquet_reads_chat_context_and_annotator_reasons_as_rationale() {
             ),
         ],
     );
-    let loaded = formats::load_pairs(&[path.clone()], &ReadOptions::default()).unwrap();
+    let loaded = formats::load_pairs(&[&path], &ReadOptions::default()).unwrap();
     assert_eq!(loaded.files[0].1, Format::HelpSteer3);
     assert_eq!(loaded.dropped, 1, "the tie is dropped by default");
     let p = &loaded.records;

@@ -80,7 +80,11 @@ fn draw(
     let mut mesh = chart.configure_mesh();
     mesh.light_line_style(RGBColor(235, 235, 235));
     if text {
-        mesh.x_desc("K (samples ranked)").y_desc("accuracy of the top-ranked sample (%)").label_style(("sans-serif", 15));
+        mesh.x_desc("K (samples ranked)")
+            .y_desc("accuracy of the top-ranked sample (%)")
+            .label_style(("sans-serif", 15))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"));
     } else {
         mesh.x_labels(0).y_labels(0);
     }
@@ -116,4 +120,22 @@ fn draw(
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curves_are_drawn_without_a_font_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.png");
+        let pts: Vec<(f64, f64)> = (1..=32).map(|k| (k as f64, 40.0 + k as f64)).collect();
+        let band: Vec<(f64, f64, f64)> = pts.iter().map(|&(k, y)| (k, y - 3.0, y + 3.0)).collect();
+        draw(&path, "t", &[("a", pts)], &band, Some(45.0), false).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..4], b"\x89PNG");
+        // Not a blank image: the curve's colour is in the pixels.
+        assert!(bytes.len() > 2000, "{} bytes", bytes.len());
+    }
 }

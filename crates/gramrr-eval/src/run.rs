@@ -205,12 +205,15 @@ pub(crate) fn check_len(name: &str, asked: usize, got: usize) -> Result<(), Eval
     Ok(())
 }
 
+/// Decides a chunk of tasks: one outcome per task, in order.
+pub(crate) type Compute<'a> = dyn FnMut(&[&Task]) -> Result<Vec<ItemOutcome>, EvalError> + 'a;
+
 /// Runs `compute` over the tasks not yet in the per-item file, a chunk at a time, appending each
 /// finished chunk to it. Returns one outcome per task, in task order.
 pub(crate) fn run_chunked(
     tasks: &[Task],
     cfg: &EvalConfig,
-    compute: &mut dyn FnMut(&[&Task]) -> Result<Vec<ItemOutcome>, EvalError>,
+    compute: &mut Compute<'_>,
     summary: &dyn Fn(&Task, &ItemOutcome) -> Map<String, Value>,
 ) -> Result<Vec<ItemOutcome>, EvalError> {
     let mut seen = HashSet::new();

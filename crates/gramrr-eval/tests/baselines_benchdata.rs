@@ -82,7 +82,7 @@ fn rm_bench_length_baseline_matches_an_independent_reimplementation() {
         .iter()
         .map(|d| dir.join(format!("{d}_filtered.json")))
         .collect();
-    let records = formats::load_rm_bench(&[dir.clone()], &ReadOptions::default()).unwrap().records;
+    let records = formats::load_rm_bench(&[&dir], &ReadOptions::default()).unwrap().records;
     let r = eval_rm_bench(&records, &length(), &cfg()).unwrap();
 
     let reference = reference_rm_bench(&files);
@@ -112,6 +112,7 @@ fn rm_bench_length_baseline_matches_an_independent_reimplementation() {
 
 /// One record by hand: chat_filtered.json[0] (id 8), lengths of its six responses.
 #[test]
+#[allow(clippy::needless_range_loop)]
 fn rm_bench_first_chat_record_matrix_by_hand() {
     let file = benchdata().join("rm-bench/chat_filtered.json");
     let raw = &json(&file)[0];
@@ -206,7 +207,7 @@ fn llmbar_length_baseline_matches_an_independent_count() {
     let root = benchdata().join("llmbar");
     let sets = ["Natural", "Adversarial/Neighbor", "Adversarial/GPTInst", "Adversarial/GPTOut", "Adversarial/Manual"];
     let (mut n_all, mut k_all) = (0, 0);
-    let pairs = formats::load_pairs(&[root.clone()], &ReadOptions::default()).unwrap().records;
+    let pairs = formats::load_pairs(&[&root], &ReadOptions::default()).unwrap().records;
     let r = eval_pairwise(PairBench::LlmBar, &pairs, &length(), &cfg()).unwrap();
     for set in sets {
         let recs = json(&root.join(set).join("dataset.json"));
@@ -259,7 +260,7 @@ fn hh_rlhf_length_baseline_matches_comparing_whole_dialogues() {
 fn rmb_length_baseline_pairwise_and_best_of_n_match_independent_counts() {
     let root = benchdata().join("rmb");
     let (mut pn, mut pk, mut bn, mut bk) = (0, 0, 0, 0);
-    for f in gramrr_data::read::expand_paths(&[root.clone()]).unwrap() {
+    for f in gramrr_data::read::expand_paths(&[&root]).unwrap() {
         for v in json(&f) {
             if v.get("bon_best").is_some() {
                 let best = chars(&v["bon_best"]["answer"]);

@@ -129,7 +129,7 @@ fn upstream_double(path: &Path) -> (usize, usize, usize) {
 #[test]
 fn haiku_judge_double_game_counts_ties_and_missing_verdicts_as_zero() {
     let file = output_file("claude-3-haiku");
-    let outputs = formats::load_judgebench_outputs(&[file.clone()], &ReadOptions::default()).unwrap().records;
+    let outputs = formats::load_judgebench_outputs(&[&file], &ReadOptions::default()).unwrap().records;
     let dir = tempfile::tempdir().unwrap();
     let cfg = EvalConfig { out: Some(dir.path().to_path_buf()), ..quiet() };
     let r = eval_judgebench_outputs(&outputs, None, &cfg).unwrap();
@@ -160,7 +160,7 @@ fn haiku_judge_double_game_counts_ties_and_missing_verdicts_as_zero() {
 #[test]
 fn o1_mini_judge_file_rescored_in_both_games() {
     let file = output_file("o1-mini");
-    let outputs = formats::load_judgebench_outputs(&[file.clone()], &ReadOptions::default()).unwrap().records;
+    let outputs = formats::load_judgebench_outputs(&[&file], &ReadOptions::default()).unwrap().records;
     let double = eval_judgebench_outputs(&outputs, None, &quiet()).unwrap();
     let (n, correct, _) = upstream_double(&file);
     assert_eq!(n, 350);

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::bootstrap;
 use crate::report;
-use crate::run::{run_chunked, EvalConfig, ItemOutcome, Task};
+use crate::run::{run_chunked, Compute, EvalConfig, ItemOutcome, Task};
 use crate::EvalError;
 
 /// What one benchmark knows.
@@ -64,7 +64,7 @@ pub(crate) fn evaluate<B: Bench>(
     tasks: &[Task],
     source_name: &str,
     cfg: &EvalConfig,
-    compute: &mut dyn FnMut(&[&Task]) -> Result<Vec<ItemOutcome>, EvalError>,
+    compute: &mut Compute<'_>,
 ) -> Result<Report, EvalError> {
     if tasks.is_empty() {
         return Err(EvalError::Invalid(format!("{}: no items to evaluate", bench.name())));
