@@ -56,12 +56,12 @@ def main() -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-5)
     vocab = model.config.vocab_size
     half = a.seq_len // 2
-    times = []
+    times, cpu = [], []
     for step in range(a.warmup + a.steps):
         ids = torch.randint(0, vocab, (a.batch_size, a.seq_len))
         labels = ids.clone()
         labels[:, :half] = -100
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = model(input_ids=ids, labels=labels)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -69,6 +69,7 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t
         times.append(dt)
+        cpu.append(time.process_time() - c)
         print(f"step {step + 1}: {dt:.2f} s, loss {out.loss.item():.4f}", file=os.sys.stderr, flush=True)
     timed = times[a.warmup:]
     tokens = len(timed) * a.batch_size * a.seq_len
@@ -80,7 +81,9 @@ def main() -> None:
         attn_implementation=a.attn,
         trainable_params=sum(p.numel() for p in params),
         tokens_per_sec=tokens / sum(timed),
+        tokens_per_sec_cpu=tokens / (sum(cpu[a.warmup:]) / torch.get_num_threads()),
         step_seconds=times,
+        step_cpu_seconds=cpu,
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         load_seconds=load_seconds,
     )))

@@ -38,6 +38,11 @@ pub struct BenchTrainResult {
     /// Tokens (prompt + completion) per second over the timed steps.
     pub tokens_per_sec: f64,
     pub step_seconds: Vec<f64>,
+    /// CPU seconds (user + system) of each step, all threads.
+    pub step_cpu_seconds: Vec<f64>,
+    /// Tokens per CPU-second over the timed steps, times the thread count: what tokens/s would
+    /// be with the cores to ourselves (the machine is shared).
+    pub tokens_per_sec_cpu: f64,
     /// Peak resident memory of the process (VmHWM), MiB.
     pub peak_rss_mib: f64,
     pub load_seconds: f64,
@@ -53,11 +58,24 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-struct Times(Vec<f64>, usize);
+/// CPU time (user + system) of this process in seconds, from /proc/self/stat (Linux; 0
+/// elsewhere). On a shared machine, tokens per CPU-second is steadier than wall time.
+pub fn process_cpu_seconds() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = s.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+struct Times(Vec<f64>, Vec<f64>, f64);
 impl TrainObserver for Times {
     fn on_step(&mut self, m: &StepMetrics) {
         self.0.push(m.step_seconds);
-        self.1 = m.tokens;
+        let now = process_cpu_seconds();
+        self.1.push(now - self.2);
+        self.2 = now;
         eprintln!("step {}/{}: {:.2} s, loss {:.4}", m.step, m.total_steps, m.step_seconds, m.loss);
     }
 }
@@ -94,7 +112,7 @@ pub fn bench_train(model_dir: &Path, opts: &BenchTrainOptions) -> Result<BenchTr
         merge_lora_on_return: false,
         ..Default::default()
     };
-    let mut times = Times(vec![], 0);
+    let mut times = Times(vec![], vec![], process_cpu_seconds());
     let (_, report) = train_sft(decoder, &tokenizer, &examples, &sft, None, &mut times)?;
     let timed: Vec<f64> = times.0[opts.warmup.min(times.0.len())..].to_vec();
     let secs: f64 = timed.iter().sum();
@@ -106,7 +124,9 @@ pub fn bench_train(model_dir: &Path, opts: &BenchTrainOptions) -> Result<BenchTr
         threads: rayon::current_num_threads(),
         trainable_params: report.trainable_params,
         tokens_per_sec: tokens / secs.max(1e-9),
+        tokens_per_sec_cpu: tokens / (times.1[opts.warmup.min(times.1.len())..].iter().sum::<f64>() / rayon::current_num_threads() as f64).max(1e-9),
         step_seconds: times.0,
+        step_cpu_seconds: times.1,
         peak_rss_mib: peak_rss_mib(),
         load_seconds,
     })
