@@ -279,14 +279,47 @@ fn make_source(s: &SourceArgs, seed: u64) -> anyhow::Result<Source> {
     bail!("no source: give --scores S.jsonl, --baseline length|random or --model DIR (or --write-requests FILE)")
 }
 
-/// The live-model source. Wiring it is one line: load the judge from `dir` and return
-/// `Ok(Source::Judge(Box::new(judge)))` (the judge implements `gramrr_eval::PairJudge`).
+/// The live-model source: the model judges each comparison with the GRAM-R² template in
+/// `reason` mode (generate a rationale, parse the label), one order per call, greedy, at most
+/// 1024 new tokens. The evaluator decides the orders (JudgeBench's double game, seeded random
+/// placement elsewhere), so the judge itself does not swap. For other presets, votes or
+/// probability scoring, run `gramrr judge` and bring its verdicts as scores.
 fn model_source(dir: &Path) -> anyhow::Result<Source> {
-    bail!(
-        "--model {}: the live-model judge is not wired into gramrr eval yet; score the responses \
-         elsewhere (--write-requests) and pass them with --scores, or use --baseline",
-        dir.display()
-    )
+    use gramrr_judge::{JudgeConfig, PairwiseJudge};
+    let engine = gramrr_model::Engine::load(&dir.to_string_lossy(), &gramrr_model::LoadOptions::default())
+        .with_context(|| format!("loading judge model {}", dir.display()))?;
+    let config = JudgeConfig { both_orders: false, ..JudgeConfig::default() };
+    let judge = PairwiseJudge::new(std::sync::Arc::new(engine), gramrr_data::prompt::JudgeTemplate::gram_rr(), config);
+    Ok(Source::Judge(Box::new(LiveJudge { judge, name: format!("gramrr judge {}", dir.display()) })))
+}
+
+struct LiveJudge {
+    judge: gramrr_judge::PairwiseJudge,
+    name: String,
+}
+
+impl gramrr_eval::PairJudge for LiveJudge {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn judge(&self, pairs: &[gramrr_data::PreferencePair]) -> Result<Vec<gramrr_eval::PairDecision>, gramrr_eval::EvalError> {
+        let inputs: Vec<gramrr_judge::PairInput> = pairs.iter().map(gramrr_judge::PairInput::from_pair).collect();
+        let verdicts = self
+            .judge
+            .judge_batch(&inputs)
+            .map_err(|e| gramrr_eval::EvalError::Source { source_name: self.name.clone(), message: e.to_string() })?;
+        Ok(verdicts
+            .into_iter()
+            .map(|v| gramrr_eval::PairDecision {
+                decision: v.label,
+                p_a: Some(v.p_a),
+                rationale: v.rationales().into_iter().next(),
+                failure: v.failure(),
+                ..Default::default()
+            })
+            .collect())
+    }
 }
 
 fn finish(report: &Report) -> anyhow::Result<()> {
