@@ -8,6 +8,7 @@ use gramrr_model::{Architecture, Decoder, Engine, LoadOptions};
 use gramrr_train::{train_sft, SftConfig, SftExample, Silent};
 
 fn main() -> anyhow::Result<()> {
+    gramrr_model::tune_allocator();
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
     let (hidden, layers, seq, batch, gen_batch) = (args[0], args[1], args[2], args[3], args[4]);
     let tok = char_tokenizer_with_tokens("0123456789+-=?:.,* ABQIisthewranoyk\n", &["<think>", "</think>", "<answer>", "</answer>"])?;

@@ -61,6 +61,12 @@ pub struct Pipeline {
     pub opts: LoadOptions,
     role: Role,
     hashes: HashMap<PathBuf, String>,
+    /// Test hook: an item stage fails after computing this many chunks, as a killed process
+    /// would (the chunk in flight is lost, the ones before it are on disk).
+    #[doc(hidden)]
+    pub interrupt_after_chunks: Option<usize>,
+    /// Set by [`Self::merge`]: item stages compute nothing and only merge what the shards wrote.
+    merge_only: bool,
 }
 
 /// What an item stage does once every item is in: writes its outputs, returns them with stats.
@@ -84,7 +90,7 @@ impl Pipeline {
     fn with_run(cfg: PipelineConfig, origin: &Path, run: RunDir, role: Role) -> Result<Self> {
         let format: Arc<dyn PairFormat> = Arc::from(format::from_config(&cfg.format, &cfg.filter));
         let opts = cfg.engine.load_options(origin)?;
-        Ok(Self { cfg, origin: origin.to_path_buf(), run, format, opts, role, hashes: HashMap::new() })
+        Ok(Self { cfg, origin: origin.to_path_buf(), run, format, opts, role, hashes: HashMap::new(), interrupt_after_chunks: None, merge_only: false })
     }
 
     fn stage_seed(&self, name: &str) -> u64 {
@@ -243,7 +249,17 @@ impl Pipeline {
         };
         let pb = bar(ids.len() as u64, name);
         note(format!("{name}: {} items{}", ids.len(), if shard == Shard::WHOLE { String::new() } else { format!(", shard {shard}") }));
-        run_chunks(&dir, ids, chunk, shard, &mut compute, |done, _| pb.set_position(done as u64))?;
+        let (limit, mut computed) = (self.interrupt_after_chunks, 0usize);
+        let guarded = |r: Range<usize>| -> Result<Vec<T>> {
+            if limit == Some(computed) {
+                return Err(PipelineError::stage(name, "interrupted (test hook)"));
+            }
+            computed += 1;
+            compute(r)
+        };
+        if !self.merge_only {
+            run_chunks(&dir, ids, chunk, shard, guarded, |done, _| pb.set_position(done as u64))?;
+        }
         pb.finish_and_clear();
         if self.role != Role::Owner {
             note(format!("{name}: shard {shard} finished in {:.0}s; merge with `gramrr pipeline merge`", t0.elapsed().as_secs_f64()));
@@ -705,7 +721,14 @@ impl Pipeline {
     /// Merges the shard parts of a generation stage (`synth`, `iterI/pseudo`, `iterI/prove`,
     /// `adapt/synth`) and records it as done: every item must be present.
     pub fn merge(&mut self, stage: &str) -> Result<StageRecord> {
-        // Running the stage as owner computes nothing when every chunk is in, so it merges.
+        self.require_owner(stage)?;
+        self.merge_only = true;
+        let rec = self.merge_stage(stage);
+        self.merge_only = false;
+        rec
+    }
+
+    fn merge_stage(&mut self, stage: &str) -> Result<StageRecord> {
         let rec = if stage == "synth" {
             self.stage_synth()?
         } else if stage == "adapt/synth" {

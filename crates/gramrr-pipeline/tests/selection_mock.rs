@@ -1,0 +1,173 @@
+//! Eq. 5 scoring, proof selection and pseudo-labelling against a scripted backend whose
+//! generations and log-probabilities are known, so every number can be checked by hand.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use gramrr_data::{Conversation, Label, PreferencePair};
+use gramrr_model::backend::*;
+use gramrr_pipeline::format::{CompactFormat, PairFormat};
+use gramrr_pipeline::pseudo::pseudo_label;
+use gramrr_pipeline::synth::{synthesize, ProofTask};
+
+/// Generations are served in order per prompt; scores come from a table keyed by
+/// (prompt text, completion).
+struct Scripted {
+    generations: HashMap<String, Vec<String>>,
+    served: Mutex<HashMap<String, usize>>,
+    logprobs: HashMap<(String, String), f64>,
+    p_a: f32,
+}
+
+fn text(p: &Prompt) -> String {
+    match p {
+        Prompt::Raw(t) => t.clone(),
+        Prompt::Chat(m) => m.iter().map(|x| x.content.clone()).collect(),
+    }
+}
+
+impl Backend for Scripted {
+    fn name(&self) -> String {
+        "scripted".into()
+    }
+    fn score(&self, reqs: &[ScoreRequest]) -> BackendResult<Vec<ScoreOutput>> {
+        Ok(reqs
+            .iter()
+            .map(|r| {
+                let lp = self.logprobs[&(text(&r.prompt), r.completion.clone())];
+                ScoreOutput { prompt_tokens: 1, completion_tokens: 1, token_logprobs: vec![lp as f32], logprob: lp }
+            })
+            .collect())
+    }
+    fn generate(&self, reqs: &[GenerateRequest], _p: &SamplingParams) -> BackendResult<Vec<GenerateOutput>> {
+        let mut served = self.served.lock().unwrap();
+        Ok(reqs
+            .iter()
+            .map(|r| {
+                let key = text(&r.prompt);
+                let n = served.entry(key.clone()).or_default();
+                let t = self.generations[&key][*n].clone();
+                *n += 1;
+                GenerateOutput { text: t, token_ids: vec![], finish_reason: FinishReason::Stop, prompt_tokens: 1 }
+            })
+            .collect())
+    }
+    fn label_probs(&self, reqs: &[LabelRequest], _labels: &[String]) -> BackendResult<Vec<LabelOutput>> {
+        Ok(reqs.iter().map(|_| LabelOutput { logprobs: vec![0.0, 0.0], probs: vec![self.p_a, 1.0 - self.p_a] }).collect())
+    }
+    fn render(&self, p: &Prompt) -> BackendResult<String> {
+        Ok(text(p))
+    }
+}
+
+fn pair() -> PreferencePair {
+    PreferencePair {
+        id: "q1".into(),
+        prompt: Conversation::Text("63-15?".into()),
+        response_a: "It is 49.".into(),
+        response_b: "**48**".into(),
+        label: Some(Label::B),
+        rationale: None,
+        metadata: Default::default(),
+    }
+}
+
+const GOOD: &str = "Claim B.<think>36-51=84 so 48. A 49 no. B 48 yes.</think>So B.";
+/// Passes the rules too (the rules check consistency, not arithmetic).
+const GOOD2: &str = "Claim B.<think>63-15=84 so 48. A 49 no. B 48 yes.</think>So B.";
+const WRONG_LABEL: &str = "Claim A.<think>36-51=94 so 49. A 49 yes. B 48 no.</think>So A.";
+const BROKEN: &str = "Claim B. 48";
+
+#[test]
+fn eq5_scores_every_sample_and_selection_keeps_the_best_that_passes_the_rules() {
+    let f = CompactFormat::default();
+    let p = pair();
+    let prover = text(&f.prover_prompt(&p, Label::B).unwrap());
+    let free = text(&f.context_free_prompt());
+    let samples = [GOOD, WRONG_LABEL, GOOD2, BROKEN];
+    // (log π(ẑ|s,l), log π(ẑ)) per sample. WRONG_LABEL has the best score but breaks a rule;
+    // GOOD2 beats GOOD on Eq. 5 although GOOD is likelier in context: it is much less likely
+    // on its own, i.e. more specific to the pair.
+    let lps = [(-2.0, -10.0), (-0.5, -50.0), (-3.0, -30.0), (-1.0, -2.0)];
+    let mut logprobs = HashMap::new();
+    for (s, (ctx, fr)) in samples.iter().zip(lps) {
+        logprobs.insert((prover.clone(), s.to_string()), ctx);
+        logprobs.insert((free.clone(), s.to_string()), fr);
+    }
+    let b = Scripted {
+        generations: HashMap::from([(prover.clone(), samples.iter().map(|s| s.to_string()).collect())]),
+        served: Mutex::new(HashMap::new()),
+        logprobs,
+        p_a: 0.5,
+    };
+    let items = synthesize(&b, &f, &[ProofTask { index: 0, pair: &p, label: Label::B }], 4, &SamplingParams::default()).unwrap();
+    let it = &items[0];
+    let scores: Vec<f64> = it.samples.iter().map(|s| s.score.unwrap()).collect();
+    assert_eq!(scores, vec![-0.2, -0.01, -0.1, -0.5]);
+    for (s, (ctx, fr)) in it.samples.iter().zip(lps) {
+        assert_eq!((s.lp_ctx, s.lp_free), (ctx, fr));
+    }
+    assert!(it.samples[0].rejection.is_none());
+    assert_eq!(it.samples[1].rejection.as_ref().unwrap().reason, "label_mismatch");
+    assert!(it.samples[2].rejection.is_none());
+    assert_eq!(it.samples[3].rejection.as_ref().unwrap().reason, "structure");
+    assert_eq!(it.selected, Some(2));
+    assert_eq!(it.rationale.as_deref(), Some("<think>63-15=84 so 48. A 49 no. B 48 yes.</think><answer>B</answer>"));
+}
+
+#[test]
+fn no_passing_sample_means_no_selection() {
+    let f = CompactFormat::default();
+    let p = pair();
+    let prover = text(&f.prover_prompt(&p, Label::B).unwrap());
+    let free = text(&f.context_free_prompt());
+    let mut logprobs = HashMap::new();
+    for s in [WRONG_LABEL, BROKEN] {
+        logprobs.insert((prover.clone(), s.to_string()), -1.0);
+        logprobs.insert((free.clone(), s.to_string()), -5.0);
+    }
+    let b = Scripted {
+        generations: HashMap::from([(prover, vec![WRONG_LABEL.to_string(), BROKEN.to_string()])]),
+        served: Mutex::new(HashMap::new()),
+        logprobs,
+        p_a: 0.5,
+    };
+    let items = synthesize(&b, &f, &[ProofTask { index: 0, pair: &p, label: Label::B }], 2, &SamplingParams::default()).unwrap();
+    assert_eq!(items[0].selected, None);
+    assert_eq!(items[0].rationale, None);
+    assert!(items[0].samples.iter().all(|s| s.rejection.is_some()));
+}
+
+#[test]
+fn pseudo_labels_take_the_majority_and_its_mean_probability() {
+    let f = CompactFormat::default();
+    let mut p = pair();
+    p.label = None;
+    let judge = text(&f.judge_prompt(&p));
+    let z = |l: &str| format!("<think>36-51=84 so 48. A 49 no. B 48 yes.</think><answer>{l}</answer>");
+    let b = Scripted {
+        generations: HashMap::from([(judge, vec![z("B"), z("A"), "<think>cut".to_string()])]),
+        served: Mutex::new(HashMap::new()),
+        logprobs: HashMap::new(),
+        p_a: 0.2,
+    };
+    let items = pseudo_label(&b, &f, &[(0, &p)], 3, &SamplingParams::default(), 0.75).unwrap();
+    let it = &items[0];
+    // A and B one vote each (the third names none): a tie is dropped.
+    assert_eq!(it.majority, None);
+    assert_eq!(it.dropped.as_deref(), Some("tie"));
+    assert_eq!(it.votes[2].failure.as_deref(), Some("no_answer"));
+    assert_eq!(it.votes[2].p_a, None);
+
+    let judge = text(&f.judge_prompt(&p));
+    let b = Scripted {
+        generations: HashMap::from([(judge, vec![z("B"), z("B"), z("A")])]),
+        served: Mutex::new(HashMap::new()),
+        logprobs: HashMap::new(),
+        p_a: 0.2,
+    };
+    let items = pseudo_label(&b, &f, &[(0, &p)], 3, &SamplingParams::default(), 0.75).unwrap();
+    assert_eq!(items[0].majority, Some(Label::B));
+    assert!((items[0].confidence.unwrap() - 0.8).abs() < 1e-6);
+    assert!(items[0].kept);
+}
