@@ -101,7 +101,7 @@ pub enum ServeError {
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
     #[error("judge config: {0}")]
-    Judge(#[from] gramrr_judge::JudgeError),
+    Judge(Box<gramrr_judge::JudgeError>),
 }
 
 struct Shared {
@@ -288,7 +288,7 @@ pub async fn start(config: ServeConfig, judge: PairwiseJudge) -> Result<ServerHa
     positive("max_batch", config.max_batch)?;
     positive("max_items", config.max_items)?;
     positive("max_votes", config.max_votes)?;
-    judge.config.validate()?;
+    judge.config.validate().map_err(|e| ServeError::Judge(Box::new(e)))?;
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
     let local = listener.local_addr()?;
