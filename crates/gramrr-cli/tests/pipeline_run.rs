@@ -49,6 +49,9 @@ fn pipeline_runs_every_stage_then_resume_skips_them() {
     pairs(&d.join("unlabeled.jsonl"), "unl", 6, false, false);
     pairs(&d.join("test.jsonl"), "test", 3, true, false);
     pairs(&d.join("task.jsonl"), "task", 3, true, false);
+    pairs(&d.join("task_rationales.jsonl"), "task-z", 2, true, true);
+    let task = [std::fs::read_to_string(d.join("task.jsonl")).unwrap(), std::fs::read_to_string(d.join("task_rationales.jsonl")).unwrap()].concat();
+    std::fs::write(d.join("task.jsonl"), task).unwrap();
     let cfg = d.join("pipeline.toml");
     std::fs::write(
         &cfg,

@@ -583,3 +583,23 @@ base = "Qwen/Qwen3-0.6B"
         assert_eq!(c, again);
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The commented example in `examples/pipeline.toml` parses and states the defaults.
+    #[test]
+    fn example_config_parses_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pipeline.toml");
+        let c = PipelineConfig::from_file(&path).unwrap();
+        let d = TrainConfig::default();
+        assert_eq!(TrainConfig { lr: d.lr, ..c.reward_model.train.clone() }, d);
+        assert_eq!(c.prover.train.lr, 2e-5);
+        assert_eq!(c.synthesis, SynthesisConfig::default());
+        assert_eq!(c.filter, FilterConfig::default());
+        assert_eq!(SelfTrainingConfig { train: TrainConfig::default(), ..c.self_training.clone() }, SelfTrainingConfig::default());
+        assert_eq!(c.engine, EngineConfig::default());
+        assert_eq!(c.format, FormatConfig::default());
+    }
+}

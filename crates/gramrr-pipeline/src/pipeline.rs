@@ -168,6 +168,9 @@ impl Pipeline {
         note(format!("{name}: training"));
         let tok = TextTokenizer::from_dir(init)?;
         let ex = examples(self, &tok)?;
+        if ex.is_empty() {
+            return Err(PipelineError::stage(name, "no training examples: its data sets are empty (for synthesized data: no proof passed the rule filters)"));
+        }
         let report = self.train(name, init, &dir, &ex, tc, steps)?;
         let stats = train_stats(&ex, &report);
         note(format!(
