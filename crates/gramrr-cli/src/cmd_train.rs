@@ -114,6 +114,12 @@ pub struct SftArgs {
     /// Continue from the latest checkpoint in --out (same flags and data required).
     #[arg(long)]
     resume: bool,
+    /// Data-parallel CPU workers: each micro-batch is split across this many threads and the
+    /// gradients summed. Use the core count for small models (hidden ≲ 512), whose matrices are
+    /// too small for a threaded GEMM; keep 1 for big ones. Part of the run's settings: resume
+    /// with the same value.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
 
     /// Label tokens for the label loss, comma-separated (e.g. " A, B" is read as " A" and " B":
     /// spaces after a comma are kept). Records then carry "label": one of them or its index.
@@ -235,6 +241,7 @@ fn sft(a: SftArgs) -> Result<()> {
         resume: a.resume,
         label_loss,
         merge_lora_on_return: false,
+        workers: a.workers,
     };
     let label_tokens = cfg.label_loss.as_ref().map(|l| l.tokens.clone()).unwrap_or_default();
     let (examples, stats) = gramrr_train::load_sft_jsonl(&a.data, &tokenizer, &label_tokens, a.max_len, a.truncate)?;

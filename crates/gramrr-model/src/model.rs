@@ -13,7 +13,7 @@
 //! Tensor shapes in comments: B batch, T new tokens, S keys (cache + new), H query heads,
 //! K key/value heads, D head dim, C hidden size.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 use rand::Rng;
 
 use crate::config::DecoderConfig;
@@ -107,6 +107,62 @@ impl CustomOp1 for FrozenMatmul {
     }
 }
 
+/// `x Wᵀ + scale · (x Aᵀ) Bᵀ` with W frozen: the backward gives gradients for x, A and B only.
+/// As one op, the graph keeps x (and the small A, B) rather than three (N, out) intermediates
+/// per adapted projection, which under candle's keep-everything graph was most of LoRA's
+/// activation memory.
+struct FrozenLoraMatmul {
+    weight: Tensor,
+    scale: f64,
+}
+
+impl CustomOp3 for FrozenLoraMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-lora-matmul"
+    }
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = xl.shape().dims2()?;
+        let (r, k2) = al.shape().dims2()?;
+        let (n, r2) = bl.shape().dims2()?;
+        if k != k2 || r != r2 {
+            candle_core::bail!("frozen lora matmul: x {:?}, A {:?}, B {:?} do not chain", xl.dims(), al.dims(), bl.dims())
+        }
+        let (out, _) = FrozenMatmul { weight: self.weight.clone() }.fwd_storage(x, xl)?; // (M, N)
+        let t = x.matmul(a, (1, m, r, k), xl, &al.transpose(0, 1)?)?; // (M, r)
+        let u = t.matmul(b, (1, m, n, r), &Layout::contiguous((m, r)), &bl.transpose(0, 1)?)?; // (M, N)
+        let (CpuStorage::F32(mut out), CpuStorage::F32(u)) = (out, u) else {
+            candle_core::bail!("frozen lora matmul: f32 only")
+        };
+        let s = self.scale as f32;
+        out.iter_mut().zip(u.iter()).for_each(|(o, &d)| *o += s * d);
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let gb = (g.matmul(b)? * self.scale)?; // (M, N)·(N, r) → (M, r)
+        let dx = (g.matmul(&self.weight)? + gb.matmul(a)?)?; // (M, K)
+        let da = gb.t()?.matmul(x)?; // (r, K)
+        let t = x.matmul(&a.t()?)?; // (M, r)
+        let db = (g.t()?.matmul(&t)? * self.scale)?; // (N, r)
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self { weight, bias, lora: None, frozen: false }
@@ -120,6 +176,15 @@ impl Linear {
 
     /// x: (N, in) → (N, out)
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        // Frozen weight with an adapter and no dropout, on CPU: one op keeps only x for the
+        // backward, instead of x Wᵀ, the low-rank product, its scaled copy and their sum.
+        if let Some(l) = self.lora.as_ref().filter(|l| self.frozen && x.device().is_cpu() && !(ctx.train && l.dropout > 0.0)) {
+            let mut y = x.contiguous()?.apply_op3(&l.a, &l.b, FrozenLoraMatmul { weight: self.weight.clone(), scale: l.scale })?;
+            if let Some(b) = &self.bias {
+                y = y.broadcast_add(b)?;
+            }
+            return Ok(y);
+        }
         let mut y = if self.frozen {
             x.contiguous()?.apply_op1(FrozenMatmul { weight: self.weight.clone() })?
         } else {

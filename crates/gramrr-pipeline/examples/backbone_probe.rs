@@ -36,25 +36,31 @@ fn main() -> anyhow::Result<()> {
         scheduler: Scheduler::Cosine,
         warmup_ratio: 0.08,
         adam: AdamWConfig { beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: 0.05 },
+        workers: std::env::var("WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(1),
         ..Default::default()
     };
     let t = Instant::now();
     let (dec, rep) = train_sft(dec, &ttok, &ex, &sft, None, &mut Silent)?;
     let train_s = t.elapsed().as_secs_f64();
     let engine = Engine::from_parts(dec, ttok, "mem".into(), &LoadOptions { batch_size: 512, max_batch_tokens: 1 << 20, ..Default::default() })?;
-    let prompts: Vec<Vec<u32>> = d.test.iter().map(|p| encode_prompt(&engine.tokenizer, &Prompt::Raw(format!("Q: {} ", p.prompt.as_text()))).unwrap()).collect();
-    let offs: Vec<u64> = (0..prompts.len() as u64).collect();
     let t = Instant::now();
-    let out = engine.generate_ids(&prompts, &offs, &SamplingParams { max_new_tokens: 40, ..Default::default() })?;
+    let mut report = String::new();
+    for (name, make) in [
+        ("plain", Box::new(|p: &gramrr_data::PreferencePair| format!("Q: {} ", p.prompt.as_text())) as Box<dyn Fn(&gramrr_data::PreferencePair) -> String>),
+        ("judge", Box::new(|p: &gramrr_data::PreferencePair| format!("A: {}\nB: {}\nQ: {} ", p.response_a, p.response_b, p.prompt.as_text()))),
+        ("claim", Box::new(|p: &gramrr_data::PreferencePair| format!("A: {}\nB: {}\nClaim A.\nQ: {} ", p.response_a, p.response_b, p.prompt.as_text()))),
+    ] {
+        let prompts: Vec<Vec<u32>> = d.test.iter().map(|p| encode_prompt(&engine.tokenizer, &Prompt::Raw(make(p))).unwrap()).collect();
+        let offs: Vec<u64> = (0..prompts.len() as u64).collect();
+        let out = engine.generate_ids(&prompts, &offs, &SamplingParams { max_new_tokens: 40, ..Default::default() })?;
+        let ok = d.test.iter().zip(&out).filter(|(p, o)| computation_correct(&p.prompt.as_text(), &o.text)).count();
+        report.push_str(&format!("{name} {:.1}% ", 100.0 * ok as f64 / d.test.len() as f64));
+    }
     let gen_s = t.elapsed().as_secs_f64();
-    let ok = d.test.iter().zip(&out).filter(|(p, o)| computation_correct(&p.prompt.as_text(), &o.text)).count();
     println!(
-        "hidden {hidden} layers {layers} steps {steps} batch {batch} lr {lr}: loss {:.3}, arithmetic {:.1}% ({ok}/{}), train {train_s:.0}s ({:.0} tok/s), gen {gen_s:.1}s; e.g. {:?}",
+        "hidden {hidden} layers {layers} steps {steps} batch {batch} lr {lr}: loss {:.3}, arithmetic {report}, train {train_s:.0}s ({:.0} tok/s), gen {gen_s:.1}s",
         rep.final_loss.unwrap_or(f32::NAN),
-        100.0 * ok as f64 / d.test.len() as f64,
-        d.test.len(),
         rep.tokens_per_sec,
-        out[0].text
     );
     Ok(())
 }

@@ -180,6 +180,10 @@ pub struct TrainConfig {
     pub keep_checkpoints: bool,
     /// LoRA instead of full fine-tuning (the adapter is merged into the stage's model).
     pub lora: Option<LoraConfig>,
+    /// Data-parallel CPU workers (each micro-batch split across this many threads). Pays for
+    /// small models, whose matrices are too small for a threaded GEMM; 1 leaves the threading
+    /// to the kernels.
+    pub workers: usize,
 }
 
 impl Default for TrainConfig {
@@ -202,6 +206,7 @@ impl Default for TrainConfig {
             save_every: 200,
             keep_checkpoints: false,
             lora: None,
+            workers: 1,
         }
     }
 }
@@ -234,6 +239,7 @@ impl TrainConfig {
             resume: true,
             label_loss: None,
             merge_lora_on_return: true,
+            workers: self.workers,
         })
     }
 }

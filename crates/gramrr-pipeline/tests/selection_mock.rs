@@ -72,11 +72,11 @@ fn pair() -> PreferencePair {
     }
 }
 
-const GOOD: &str = "Claim B.<think>36-51=84 so 48. A 49 no. B 48 yes.</think>So B.";
+const GOOD: &str = "<think>36-51=84 so 48. A 49 no. B 48 yes.</think>So B.";
 /// Passes the rules too (the rules check consistency, not arithmetic).
-const GOOD2: &str = "Claim B.<think>63-15=84 so 48. A 49 no. B 48 yes.</think>So B.";
-const WRONG_LABEL: &str = "Claim A.<think>36-51=94 so 49. A 49 yes. B 48 no.</think>So A.";
-const BROKEN: &str = "Claim B. 48";
+const GOOD2: &str = "<think>63-15=84 so 48. A 49 no. B 48 yes.</think>So B.";
+const WRONG_LABEL: &str = "<think>36-51=94 so 49. A 49 yes. B 48 no.</think>So A.";
+const BROKEN: &str = "<think>48";
 
 #[test]
 fn eq5_scores_every_sample_and_selection_keeps_the_best_that_passes_the_rules() {

@@ -68,6 +68,17 @@ pub struct SftConfig {
     pub label_loss: Option<LabelLossConfig>,
     /// Fold LoRA adapters into the weights of the returned decoder.
     pub merge_lora_on_return: bool,
+    /// Data-parallel workers on the CPU: each micro-batch is split row-wise into this many
+    /// shards, each runs forward and backward on its own thread (with its own one-thread rayon
+    /// pool), and the gradients are summed in shard order. For small models, whose matrices are
+    /// too small for a multi-threaded GEMM to pay, this is what uses the cores. The loss is the
+    /// same; only the float summation order differs, so the result is exact for a given count.
+    #[serde(default = "one")]
+    pub workers: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for SftConfig {
@@ -92,6 +103,7 @@ impl Default for SftConfig {
             resume: false,
             label_loss: None,
             merge_lora_on_return: true,
+            workers: 1,
         }
     }
 }
@@ -113,6 +125,9 @@ impl SftConfig {
         }
         if self.grad_accum == 0 {
             return bad("gradient accumulation must be at least 1".into());
+        }
+        if self.workers == 0 {
+            return bad("workers must be at least 1".into());
         }
         if !(self.lr.is_finite() && self.lr >= 0.0) {
             return bad(format!("learning rate {} must be finite and non-negative", self.lr));
@@ -380,6 +395,16 @@ fn dropout_rng(seed: u64, step: usize, micro: usize) -> ChaCha8Rng {
     r
 }
 
+/// What one data-parallel shard hands back: its gradients in parameter order and its losses.
+struct ShardResult {
+    grads: Vec<Option<Tensor>>,
+    total: f64,
+    token: Option<f64>,
+    label: Option<f64>,
+    tokens: usize,
+    targets: usize,
+}
+
 fn metrics_path(out: &Path) -> PathBuf {
     out.join("metrics.jsonl")
 }
@@ -522,6 +547,15 @@ pub fn train_sft(
     let n_params = opt.params.len();
     let mut run_tokens = 0usize;
     let loop_start = Instant::now();
+    // One single-threaded pool per worker, so each shard's kernels stay on its own core.
+    let pools: Vec<rayon::ThreadPool> = if cfg.workers > 1 {
+        (0..cfg.workers)
+            .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| TrainError::Config(format!("cannot start {} training workers: {e}", cfg.workers)))?
+    } else {
+        Vec::new()
+    };
 
     let save = |opt: &AdamW, decoder: &Decoder, step: usize, plan: &Plan, losses: &[f32], o: &TrainOutput| -> Result<()> {
         let (epoch, mb_in_epoch) = if step % plan.steps_per_epoch == 0 {
@@ -576,28 +610,60 @@ pub fn train_sft(
         let (mut loss, mut tok_loss, mut lab_loss) = (0f64, None::<f64>, None::<f64>);
         let (mut tokens, mut targets) = (0usize, 0usize);
         for (j, exs) in batch_examples.iter().enumerate() {
-            let mb = build_micro_batch(exs, pad_id);
-            tokens += mb.tokens;
-            targets += mb.rows.len();
-            let rng = cfg.lora.as_ref().filter(|l| l.dropout > 0.0).map(|_| dropout_rng(cfg.seed, step, j));
-            let mut ctx = ForwardCtx::training(rng);
-            let ml = micro_batch_loss(&decoder, &mb, &mut ctx, frozen_head, token_norm, label.as_ref().map(|l| (l, label_norm)), &dev)?;
-            let gs = ml.total.backward()?;
-            for (i, p) in opt.params.iter().enumerate() {
-                if let Some(g) = gs.get(p.var.as_tensor()) {
-                    grads[i] = Some(match grads[i].take() {
-                        None => g.clone(),
-                        Some(a) => (a + g)?,
-                    });
+            // Contiguous row shards, one per worker (fewer when the micro-batch is small).
+            let per = exs.len().div_ceil(cfg.workers).max(1);
+            let shards: Vec<(usize, &[&SftExample])> = exs.chunks(per).enumerate().map(|(w, c)| (j * cfg.workers + w, c)).collect();
+            let run_shard = |(stream, shard): (usize, &[&SftExample])| -> Result<ShardResult> {
+                let mb = build_micro_batch(shard, pad_id);
+                let rng = cfg.lora.as_ref().filter(|l| l.dropout > 0.0).map(|_| dropout_rng(cfg.seed, step, stream));
+                let mut ctx = ForwardCtx::training(rng);
+                let ml = micro_batch_loss(&decoder, &mb, &mut ctx, frozen_head, token_norm, label.as_ref().map(|l| (l, label_norm)), &dev)?;
+                let gs = ml.total.backward()?;
+                let grads = opt.params.iter().map(|p| gs.get(p.var.as_tensor()).cloned()).collect();
+                let scalar = |t: &Option<Tensor>| -> Result<Option<f64>> { Ok(match t { Some(t) => Some(t.to_scalar::<f32>()? as f64), None => None }) };
+                Ok(ShardResult {
+                    grads,
+                    total: ml.total.to_scalar::<f32>()? as f64,
+                    token: scalar(&ml.token)?,
+                    label: scalar(&ml.label)?,
+                    tokens: mb.tokens,
+                    targets: mb.rows.len(),
+                })
+            };
+            let results: Vec<Result<ShardResult>> = if shards.len() == 1 {
+                vec![run_shard(shards[0])]
+            } else {
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = shards
+                        .iter()
+                        .zip(&pools)
+                        .map(|(&sh, pool)| {
+                            let run = &run_shard;
+                            s.spawn(move || pool.install(|| run(sh)))
+                        })
+                        .collect();
+                    handles.into_iter().map(|h| h.join().expect("a training worker panicked")).collect()
+                })
+            };
+            for r in results {
+                let r = r?;
+                for (acc, g) in grads.iter_mut().zip(r.grads) {
+                    if let Some(g) = g {
+                        *acc = Some(match acc.take() {
+                            None => g,
+                            Some(a) => (a + g)?,
+                        });
+                    }
                 }
-            }
-            drop(gs);
-            loss += ml.total.to_scalar::<f32>()? as f64;
-            if let Some(t) = &ml.token {
-                *tok_loss.get_or_insert(0.0) += t.to_scalar::<f32>()? as f64;
-            }
-            if let Some(t) = &ml.label {
-                *lab_loss.get_or_insert(0.0) += t.to_scalar::<f32>()? as f64;
+                loss += r.total;
+                tokens += r.tokens;
+                targets += r.targets;
+                if let Some(t) = r.token {
+                    *tok_loss.get_or_insert(0.0) += t;
+                }
+                if let Some(t) = r.label {
+                    *lab_loss.get_or_insert(0.0) += t;
+                }
             }
         }
         if !loss.is_finite() {

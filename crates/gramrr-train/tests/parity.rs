@@ -98,14 +98,14 @@ fn check_steps(metrics: &[StepMetrics], fixture: &Value) -> f64 {
     worst
 }
 
-fn run_full(data: &str, fixture: &str, final_file: &str) {
+fn run_full(data: &str, fixture: &str, final_file: &str, workers: usize) {
     let (decoder, tok) = load_base();
     let (examples, stats) = load_sft_jsonl(&fixtures().join(data), &tok, &[], 512, Truncate::Left).unwrap();
     assert_eq!(stats.kept, 8);
     let fx = json(fixture);
     check_examples(&examples, &fx);
     let mut obs = Collect::default();
-    let (trained, report) = train_sft(decoder, &tok, &examples, &fixture_config(), None, &mut obs).unwrap();
+    let (trained, report) = train_sft(decoder, &tok, &examples, &SftConfig { workers, ..fixture_config() }, None, &mut obs).unwrap();
     assert_eq!(report.steps, 4);
     let worst_loss = check_steps(&obs.0, &fx);
     let want = load_safetensors_file(&fixtures().join(final_file), &Device::Cpu).unwrap();
@@ -122,12 +122,19 @@ fn run_full(data: &str, fixture: &str, final_file: &str) {
 
 #[test]
 fn full_finetuning_matches_torch() {
-    run_full("sft.jsonl", "full_ft.json", "full_ft_final.safetensors");
+    run_full("sft.jsonl", "full_ft.json", "full_ft_final.safetensors", 1);
+}
+
+/// Two data-parallel workers split each micro-batch in two: the same loss, summed in another
+/// order, so torch's trajectory is still matched.
+#[test]
+fn data_parallel_workers_match_torch() {
+    run_full("sft.jsonl", "full_ft.json", "full_ft_final.safetensors", 2);
 }
 
 #[test]
 fn weighted_segments_match_torch() {
-    run_full("sft_weighted.jsonl", "weighted.json", "weighted_final.safetensors");
+    run_full("sft_weighted.jsonl", "weighted.json", "weighted_final.safetensors", 1);
 }
 
 #[test]

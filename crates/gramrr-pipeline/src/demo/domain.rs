@@ -113,10 +113,29 @@ pub fn rationale(p: &Problem, va: u32, vb: u32) -> String {
     format!("{THINK}{} so {c}. A {va} {}. B {vb} {}.{THINK_END}{ANSWER}{label}{ANSWER_END}", p.work(), yes(va), yes(vb))
 }
 
-/// A pretraining line (its prompt and continuation): the question, the worked steps, the
-/// answer in some style.
-pub fn pretrain_text(p: &Problem, style: usize) -> (String, String) {
-    (format!("Q: {} ", p.question()), format!("{THINK}{} so {}.{THINK_END}{}", p.work(), p.answer(), styled(p.answer(), style)))
+/// Short openings people write before working a problem; their varying length keeps the
+/// backbone's arithmetic from depending on where the work starts.
+pub const OPENINGS: [&str; 8] = ["", "", "", "OK. ", "Let me see. ", "Well, ", "Sure. ", "Check: "];
+
+/// A pretraining document (its prompt and continuation): sometimes two people's answers to
+/// the question first (right or wrong, in any style: answers sit around questions in real text,
+/// and the backbone must compute among such distracting numbers), then the question, an
+/// opening and the worked steps. No judgment is ever written: judging is what the reward model
+/// has to learn.
+pub fn pretrain_text(rng: &mut ChaCha8Rng, p: &Problem) -> (String, String) {
+    let mut prompt = String::new();
+    if rng.random_bool(0.4) {
+        let wrongs = p.wrong_answers();
+        let answer = |rng: &mut ChaCha8Rng| {
+            let v = if rng.random_bool(0.5) { p.answer() } else { wrongs[rng.random_range(0..wrongs.len())] };
+            styled(v, rng.random_range(0..STYLES.len()))
+        };
+        let (a, b) = (answer(rng), answer(rng));
+        prompt.push_str(&format!("A: {a}\nB: {b}\n"));
+    }
+    prompt.push_str(&format!("Q: {} ", p.question()));
+    let opening = OPENINGS[rng.random_range(0..OPENINGS.len())];
+    (prompt, format!("{opening}{THINK}{} so {}.{THINK_END}", p.work(), p.answer()))
 }
 
 /// The characters every demo text is made of (the tokenizer's alphabet).
@@ -213,8 +232,7 @@ impl Domain {
         let pretrain = (0..sizes.pretrain)
             .map(|_| {
                 let p = pick(&mut rng);
-                let s = rng.random_range(0..STYLES.len());
-                pretrain_text(&p, s)
+                pretrain_text(&mut rng, &p)
             })
             .collect();
         Domain { seed: seed_set, labeled, unlabeled, unlabeled_truth, test, pretrain }
@@ -283,8 +301,10 @@ mod tests {
         for p in d.seed.iter().chain(&d.labeled).chain(&d.unlabeled) {
             assert!(!test_q.contains(&p.prompt.as_text()));
         }
-        for (q, _) in &d.pretrain {
-            assert!(!test_q.contains(q.trim_start_matches("Q: ").trim_end()));
+        for (prompt, _) in &d.pretrain {
+            let q = prompt.rsplit("Q: ").next().unwrap().trim_end();
+            assert!(Problem::parse(q).is_some(), "{prompt:?}");
+            assert!(!test_q.contains(q));
         }
     }
 
@@ -300,7 +320,7 @@ mod tests {
         for p in all_problems() {
             assert!(!p.wrong_answers().is_empty());
         }
-        assert!(computation_correct("63-15?", "Claim B.<think>36-51=84 so 48. A 49 no. B 48 yes.</think>So B."));
-        assert!(!computation_correct("63-15?", "Claim B.<think>36-51=94 so 49. A 49 yes. B 48 no.</think>So A."));
+        assert!(computation_correct("63-15?", "<think>36-51=84 so 48. A 49 no. B 48 yes.</think>So B."));
+        assert!(!computation_correct("63-15?", "<think>36-51=94 so 49. A 49 yes. B 48 no.</think>So A."));
     }
 }

@@ -102,7 +102,7 @@ fn tc(steps: usize, lr: f64, batch: usize, warmup: f64) -> TrainConfig {
         max_len: 160,
         // demo-notes #1: the right/wrong words and the label ×10.
         decision_weight: 10.0,
-        group_by_length: false,
+        group_by_length: true,
         save_every: 100,
         ..TrainConfig::default()
     }
@@ -113,10 +113,10 @@ impl DemoConfig {
         // Sizes: labels are scarce (seed ≪ labeled ≪ unlabeled), unlabeled data plentiful.
         let (sizes, backbone, steps) = match size {
             DemoSize::Full => (
-                DomainSizes { seed: 200, labeled: 1500, unlabeled: 6000, test: 1000, pretrain: 38_400 },
-                Backbone { hidden: 128, intermediate: 384, layers: 4, heads: 4, kv_heads: 4 },
+                DomainSizes { seed: 200, labeled: 1500, unlabeled: 3000, test: 1000, pretrain: 41_600 },
+                Backbone { hidden: 96, intermediate: 288, layers: 3, heads: 4, kv_heads: 4 },
                 // pretrain, prover, rm, baseline, self-training per iteration, final
-                [600, 150, 400, 150, 200, 50],
+                [650, 100, 300, 100, 150, 30],
             ),
             DemoSize::Quick => (
                 DomainSizes { seed: 120, labeled: 400, unlabeled: 1200, test: 1000, pretrain: 9_600 },
@@ -289,35 +289,51 @@ fn pseudo_report(run: &RunDir, iterations: usize, truth: &HashMap<String, Label>
     Ok(out)
 }
 
-/// Eq. 5 against a random pick among the samples that passed the rules, measured by whether
-/// the proof's stated computation is correct.
+/// Eq. 5 against a random pick, among all samples and among those that passed the rules,
+/// measured by whether the proof's stated computation is correct.
 fn proof_selection(run: &RunDir, pairs: &[PreferencePair]) -> Result<ProofSelection> {
     let items: Vec<SynthItem> = read_items(&run.stage_dir("synth"))?;
     let question: HashMap<&str, String> = pairs.iter().map(|p| (p.id.as_str(), p.prompt.as_text())).collect();
+    // (Eq. 5 pick correct, share of correct samples) over a candidate set.
+    let compare = |q: &str, cands: &[&crate::synth::ProofSample]| -> Option<(f64, f64)> {
+        // The first of the best, as the pipeline's selection breaks ties.
+        let best = cands.iter().filter(|c| c.score.is_some()).fold(None, |b: Option<&&crate::synth::ProofSample>, c| match b {
+            Some(b) if b.score >= c.score => Some(b),
+            _ => Some(c),
+        })?;
+        let ok = cands.iter().filter(|c| computation_correct(q, &c.text)).count() as f64;
+        Some((computation_correct(q, &best.text) as u8 as f64, ok / cands.len() as f64))
+    };
     let mut s = ProofSelection::default();
-    let (mut eq5, mut random, mut eq5_c, mut random_c) = (0.0, 0.0, 0.0, 0.0);
+    let (mut e_all, mut r_all, mut e_pass, mut r_pass) = (0.0, 0.0, 0.0, 0.0);
     for it in &items {
-        let Some(sel) = it.selected else { continue };
         let q = &question[it.id.as_str()];
-        let ok: Vec<bool> = it.samples.iter().filter(|x| x.rejection.is_none() && x.score.is_some()).map(|x| computation_correct(q, &x.text)).collect();
-        let e = computation_correct(q, &it.samples[sel].text) as u8 as f64;
-        let r = ok.iter().filter(|b| **b).count() as f64 / ok.len() as f64;
-        s.pairs += 1;
-        eq5 += e;
-        random += r;
-        if ok.iter().any(|b| *b) && ok.iter().any(|b| !*b) {
-            s.contested += 1;
-            eq5_c += e;
-            random_c += r;
+        let all: Vec<&crate::synth::ProofSample> = it.samples.iter().collect();
+        if let Some((e, r)) = compare(q, &all) {
+            s.pairs += 1;
+            e_all += e;
+            r_all += r;
+        }
+        let passing: Vec<&crate::synth::ProofSample> = it.samples.iter().filter(|x| x.rejection.is_none()).collect();
+        if let Some((e, r)) = compare(q, &passing) {
+            s.pairs_passing += 1;
+            e_pass += e;
+            r_pass += r;
         }
     }
-    let n = s.pairs.max(1) as f64;
-    s.eq5 = 100.0 * eq5 / n;
-    s.random = 100.0 * random / n;
-    let c = s.contested.max(1) as f64;
-    s.eq5_contested = 100.0 * eq5_c / c;
-    s.random_contested = 100.0 * random_c / c;
+    s.eq5 = pct_f(e_all, s.pairs);
+    s.random = pct_f(r_all, s.pairs);
+    s.eq5_passing = pct_f(e_pass, s.pairs_passing);
+    s.random_passing = pct_f(r_pass, s.pairs_passing);
     Ok(s)
+}
+
+fn pct_f(x: f64, n: usize) -> f64 {
+    if n == 0 {
+        0.0
+    } else {
+        100.0 * x / n as f64
+    }
 }
 
 /// Runs the demo and writes `report.json`, `report.md` and `accuracy.png` into `opts.out`.

@@ -41,20 +41,22 @@ pub struct PseudoLabelReport {
     pub accuracy_confident: f64,
 }
 
+/// Eq. 5 against picking a sample at random, judged by whether the proof's stated computation
+/// is correct (the domain can check it; the pipeline never does). Random picks are scored by
+/// their expectation (the share of correct samples), so the baseline has no sampling noise.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProofSelection {
-    /// Percent of Eq. 5-selected proofs whose stated computation is correct.
+    /// Percent correct of the Eq. 5-best of the k samples (selection alone, before the rules).
     pub eq5: f64,
-    /// The same for a sample picked uniformly at random among those that passed the rules
-    /// (the expectation, computed exactly).
+    /// Percent correct of a random one of the k samples.
     pub random: f64,
-    /// Pairs compared (those with at least one passing sample).
+    /// Pairs compared.
     pub pairs: usize,
-    /// Pairs whose passing samples disagree on correctness, where the choice matters.
-    pub contested: usize,
-    /// Percent correct among the contested pairs, for each rule.
-    pub eq5_contested: f64,
-    pub random_contested: f64,
+    /// The same among the samples that passed the rule filters, which is the choice the
+    /// pipeline makes (pairs with at least one passing sample).
+    pub eq5_passing: f64,
+    pub random_passing: f64,
+    pub pairs_passing: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -151,8 +153,8 @@ impl Report {
         }
         let ps = &self.proof_selection;
         s.push_str(&format!(
-            "\n## Proof selection (labeled set)\n\nShare of selected proofs whose stated computation is correct, over {} pairs with at least one proof passing the rules: Eq. 5 **{:.2}%**, a random passing sample {:.2}%. On the {} pairs where the passing samples disagree: Eq. 5 {:.1}%, random {:.1}%.\n",
-            ps.pairs, ps.eq5, ps.random, ps.contested, ps.eq5_contested, ps.random_contested
+            "\n## Proof selection (stage 2, labeled set)\n\nShare of chosen proofs whose stated computation is correct.\n\n| choice | Eq. 5 | random sample | pairs |\n|---|---|---|---|\n| among all k samples | {:.2} | {:.2} | {} |\n| among samples passing the rules (what the pipeline keeps) | {:.2} | {:.2} | {} |\n",
+            ps.eq5, ps.random, ps.pairs, ps.eq5_passing, ps.random_passing, ps.pairs_passing
         ));
         s.push_str("\n## Targets\n\n| target | met | numbers |\n|---|---|---|\n");
         for t in &self.targets {

@@ -4,21 +4,25 @@
 //! ```text
 //! judge prompt   A: It is 49.\nB: **48**\nQ: 63-15?␠
 //! rationale z    <think>36-51=84 so 48. A 49 no. B 48 yes.</think><answer>B</answer>
-//! prover prompt  Prove B.\nA: It is 49.\nB: **48**\nQ: 63-15?␠
-//! proof ẑ        Claim B.<think>36-51=84 so 48. A 49 no. B 48 yes.</think>So B.
+//! prover prompt  A: It is 49.\nB: **48**\nClaim B.\nQ: 63-15?␠
+//! proof ẑ        <think>36-51=84 so 48. A 49 no. B 48 yes.</think>So B.
 //! ```
 //!
 //! The question comes last in both prompts, so the worked steps follow it exactly as in the
 //! backbone's pretraining text (demo-notes #2). The rationale reasons and then states the label
-//! inside `<answer>…</answer>`; the proof states the claim for the given label first and closes
-//! by restating it. Both carry the same body, so each maps to the other and back unchanged.
+//! inside `<answer>…</answer>`. The proof argues for a claim stated up front — the given label,
+//! which in this format is the line before the question rather than the proof's first words: a
+//! tiny model reads the operands at a fixed distance before the work, and a claim between the
+//! question and the work costs it its arithmetic — and closes by restating it. Both carry the
+//! same body, so each maps to the other and back unchanged.
 //!
 //! The body is `WORK so RESULT. A QUOTE VERDICT. B QUOTE VERDICT.` with VERDICT `yes` or `no`:
 //! the reasoning, the result it reaches, and each response's answer with a judgment. Rule checks
-//! use only the text itself: the structure, the length, the label, whether the verdict words
-//! support the label, whether the quote judged `yes` is the stated result (and the `no` one is
-//! not), and, with `check_work`, whether the result is the worked value read in reverse (the
-//! demo writes worked steps in reversed digits, demo-notes #3/#4).
+//! use only the pair and the proof, never an answer key: the structure, the length, the label,
+//! whether each quote is what its response says, whether the verdict words support the label,
+//! whether the quote judged `yes` is the stated result (and the `no` one is not), and, when the
+//! work ends in `=VALUE`, whether VALUE read in reverse is the result (the demo writes worked
+//! steps in reversed digits, demo-notes #3/#4).
 
 use gramrr_data::verdict::{ParseFailure, VerdictParser};
 use gramrr_data::{Label, PreferencePair};
@@ -117,18 +121,22 @@ fn split_rationale(text: &str) -> Result<(&str, Label), FormatError> {
     Ok((&rest[..end], label))
 }
 
-/// `Claim L.<think>BODY</think>So M.` → (body, claim, ending).
-fn split_proof(text: &str) -> Result<(&str, Label, Label), String> {
-    let rest = text.strip_prefix("Claim ").ok_or("does not start with \"Claim \"")?;
-    let claim = rest.get(..1).and_then(label_of).ok_or("the claim names neither A nor B")?;
-    let rest = rest[1..].strip_prefix('.').and_then(|r| r.strip_prefix(THINK)).ok_or("no \".<think>\" after the claim")?;
+/// `<think>BODY</think>So L.` → (body, the label it concludes).
+fn split_proof(text: &str) -> Result<(&str, Label), String> {
+    let rest = text.strip_prefix(THINK).ok_or("does not start with <think>")?;
     let end = rest.rfind(THINK_END).ok_or("no </think>")?;
     let closing = rest[end + THINK_END.len()..]
         .strip_prefix("So ")
         .and_then(|t| t.strip_suffix('.'))
         .and_then(label_of)
         .ok_or("does not end with \"So A.\" or \"So B.\"")?;
-    Ok((&rest[..end], claim, closing))
+    Ok((&rest[..end], closing))
+}
+
+/// `needle` occurs in `hay` with no letter or digit glued to either end.
+fn contains_token(hay: &str, needle: &str) -> bool {
+    let glued = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    hay.match_indices(needle).any(|(i, _)| !glued(hay[..i].chars().next_back()) && !glued(hay[i + needle.len()..].chars().next()))
 }
 
 fn render_pair(pair: &PreferencePair) -> String {
@@ -148,7 +156,13 @@ impl PairFormat for CompactFormat {
         if label == Label::Tie {
             return Err(FormatError("a proof needs label A or B, not a tie".into()));
         }
-        Ok(Prompt::Raw(format!("Prove {}.\n{}", label.as_str(), render_pair(pair))))
+        Ok(Prompt::Raw(format!(
+            "A: {}\nB: {}\nClaim {}.\nQ: {} ",
+            pair.response_a,
+            pair.response_b,
+            label.as_str(),
+            pair.prompt.as_text()
+        )))
     }
 
     fn context_free_prompt(&self) -> Prompt {
@@ -163,15 +177,12 @@ impl PairFormat for CompactFormat {
 
     fn rationale_to_proof(&self, rationale: &str) -> Result<String, FormatError> {
         let (body, l) = split_rationale(rationale)?;
-        Ok(format!("Claim {}.{THINK}{body}{THINK_END}So {}.", l.as_str(), l.as_str()))
+        Ok(format!("{THINK}{body}{THINK_END}So {}.", l.as_str()))
     }
 
     fn proof_to_rationale(&self, proof: &str) -> Result<(String, Label), FormatError> {
-        let (body, claim, closing) = split_proof(proof).map_err(|e| FormatError(format!("proof {e}")))?;
-        if claim != closing {
-            return Err(FormatError(format!("proof claims {claim:?} but closes with {closing:?}")));
-        }
-        Ok((format!("{THINK}{body}{THINK_END}{ANSWER}{}{ANSWER_END}", claim.as_str()), claim))
+        let (body, closing) = split_proof(proof).map_err(|e| FormatError(format!("proof {e}")))?;
+        Ok((format!("{THINK}{body}{THINK_END}{ANSWER}{}{ANSWER_END}", closing.as_str()), closing))
     }
 
     fn rm_segments(&self, rationale: &str, w: f32) -> Vec<Segment> {
@@ -188,8 +199,8 @@ impl PairFormat for CompactFormat {
 
     fn prover_segments(&self, proof: &str, w: f32) -> Vec<Segment> {
         let mut spans = Vec::new();
-        if let Ok((body, _, _)) = split_proof(proof) {
-            let off = "Claim A.".len() + THINK.len();
+        if let Ok((body, _)) = split_proof(proof) {
+            let off = THINK.len();
             if let Ok(b) = parse_body(body) {
                 spans.extend(b.judged.iter().map(|(_, _, (s, e))| (s + off, e + off)));
             }
@@ -209,7 +220,7 @@ impl PairFormat for CompactFormat {
         ["A".into(), "B".into()]
     }
 
-    fn check_proof(&self, _pair: &PreferencePair, proof: &str, target: Label) -> Result<(), RuleRejection> {
+    fn check_proof(&self, pair: &PreferencePair, proof: &str, target: Label) -> Result<(), RuleRejection> {
         if let Some(limit) = self.max_chars {
             let n = proof.chars().count();
             if n > limit {
@@ -222,13 +233,17 @@ impl PairFormat for CompactFormat {
                 return Err(RuleRejection::new("too_long", format!("{n} words > {limit}")));
             }
         }
-        let (body, claim, closing) = split_proof(proof).map_err(|e| RuleRejection::new("structure", e))?;
+        let (body, closing) = split_proof(proof).map_err(|e| RuleRejection::new("structure", e))?;
         let b = parse_body(body).map_err(|e| RuleRejection::new("structure", e))?;
-        if claim != closing {
-            return Err(RuleRejection::new("structure", format!("claims {claim:?} but closes with {closing:?}")));
+        if closing != target {
+            return Err(RuleRejection::new("label_mismatch", format!("concludes {closing:?}, the claim is {target:?}")));
         }
-        if claim != target {
-            return Err(RuleRejection::new("label_mismatch", format!("claims {claim:?}, the target is {target:?}")));
+        // A judgment must be about what the response says: each quote appears in its response
+        // (as a whole token, so "4" is not found in "48").
+        for ((quote, _, _), (name, response)) in b.judged.iter().zip([("A", &pair.response_a), ("B", &pair.response_b)]) {
+            if !contains_token(response, quote) {
+                return Err(RuleRejection::new("misquote", format!("quotes {name} as {quote:?}, but {name} says {response:?}")));
+            }
         }
         let (win, lose) = match target {
             Label::A => (&b.judged[0], &b.judged[1]),
@@ -266,7 +281,7 @@ mod tests {
     use super::*;
 
     const Z: &str = "<think>36-51=84 so 48. A 49 no. B 48 yes.</think><answer>B</answer>";
-    const P: &str = "Claim B.<think>36-51=84 so 48. A 49 no. B 48 yes.</think>So B.";
+    const P: &str = "<think>36-51=84 so 48. A 49 no. B 48 yes.</think>So B.";
 
     fn pair() -> PreferencePair {
         PreferencePair {
@@ -284,7 +299,7 @@ mod tests {
     fn prompts_put_the_question_last() {
         let f = CompactFormat::default();
         assert_eq!(f.judge_prompt(&pair()), Prompt::Raw("A: It is 49.\nB: **48**\nQ: 63-15? ".into()));
-        assert_eq!(f.prover_prompt(&pair(), Label::B).unwrap(), Prompt::Raw("Prove B.\nA: It is 49.\nB: **48**\nQ: 63-15? ".into()));
+        assert_eq!(f.prover_prompt(&pair(), Label::B).unwrap(), Prompt::Raw("A: It is 49.\nB: **48**\nClaim B.\nQ: 63-15? ".into()));
     }
 
     #[test]
@@ -292,7 +307,7 @@ mod tests {
         let f = CompactFormat::default();
         assert_eq!(f.rationale_to_proof(Z).unwrap(), P);
         assert_eq!(f.proof_to_rationale(P).unwrap(), (Z.to_string(), Label::B));
-        assert!(f.proof_to_rationale("Claim A.<think>x</think>So B.").is_err());
+        assert!(f.proof_to_rationale("<think>x</think>So C.").is_err());
     }
 
     #[test]
@@ -315,11 +330,13 @@ mod tests {
         assert!(f.check_proof(&p, P, Label::B).is_ok());
         let reason = |t: &str, l: Label| f.check_proof(&p, t, l).unwrap_err().reason;
         assert_eq!(reason(P, Label::A), "label_mismatch");
-        assert_eq!(reason("Claim B.<think>so</think>So B.", Label::B), "structure");
-        assert_eq!(reason(&P.replace("So B.", "So A."), Label::B), "structure");
+        assert_eq!(reason("<think>so</think>So B.", Label::B), "structure");
+        assert_eq!(reason(&P.replace("So B.", "So A."), Label::B), "label_mismatch");
         assert_eq!(reason(&P.replace("B 48 yes", "B 48 no"), Label::B), "unsupported");
         assert_eq!(reason(&P.replace("so 48", "so 49"), Label::B), "inconsistent");
         assert_eq!(reason(&P.replace("=84", "=94"), Label::B), "inconsistent");
+        assert_eq!(reason(&P.replace("A 49", "A 4"), Label::B), "misquote");
+        assert_eq!(reason(&P.replace("B 48 yes", "B 47 yes").replace("so 48", "so 47").replace("=84", "=74"), Label::B), "misquote");
         let long = CompactFormat { max_chars: Some(20), ..CompactFormat::default() };
         assert_eq!(long.check_proof(&p, P, Label::B).unwrap_err().reason, "too_long");
     }
