@@ -7,6 +7,7 @@ use gramrr_model::tokenizer::TextTokenizer;
 use gramrr_model::Architecture;
 
 fn main() -> anyhow::Result<()> {
+    gramrr_model::tune_threads();
     gramrr_model::tune_allocator();
     let tok = char_tokenizer("0123456789+-*=?:. QAB<>/itsanwerIbcdfghjklmopquvxyz\n")?;
     let mut spec = InitSpec::tiny(Architecture::Qwen3);
@@ -16,7 +17,8 @@ fn main() -> anyhow::Result<()> {
     let dec = Decoder::load(&cfg, &w)?;
     let tt = TextTokenizer::from_tokenizer(tok, "mem".into());
     let b: usize = std::env::args().nth(1).map(|s| s.parse().unwrap()).unwrap_or(256);
-    let opts = LoadOptions { batch_size: b, max_batch_tokens: 1 << 30, ..Default::default() };
+    let workers = std::env::var("WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(1);
+    let opts = LoadOptions { batch_size: b, max_batch_tokens: 1 << 30, workers, ..Default::default() };
     let eng = Engine::from_parts(dec, tt, "mem".into(), &opts)?;
     let prompts: Vec<Vec<u32>> = (0..b).map(|r| (0..40 + r % 7).map(|i| ((r * 7 + i * 3) % 40 + 4) as u32).collect()).collect();
     let offs: Vec<u64> = (0..b as u64).collect();

@@ -1,7 +1,7 @@
 //! Times forward+backward of a demo-sized decoder (throwaway measurement for planning).
 use candle_core::{DType, Device, Tensor, Var};
 use gramrr_model::init::{char_tokenizer, InitSpec, random_weights};
-use gramrr_model::model::{causal_mask, Decoder, ForwardCtx, ForwardInput};
+use gramrr_model::model::{Decoder, ForwardCtx, ForwardInput};
 use gramrr_model::Architecture;
 
 fn main() -> anyhow::Result<()> {
@@ -17,7 +17,6 @@ fn main() -> anyhow::Result<()> {
     let (b, t) = (64usize, 90usize);
     let ids: Vec<Vec<u32>> = (0..b).map(|r| (0..t).map(|i| ((r * 7 + i * 3) % 40 + 4) as u32).collect()).collect();
     let pos: Vec<Vec<u32>> = (0..b).map(|_| (0..t as u32).collect()).collect();
-    let mask = causal_mask(t, &Device::Cpu)?;
     for it in 0..6 {
         let st = std::time::Instant::now();
         let input = ForwardInput { ids: &ids, positions: &pos, mask: None };

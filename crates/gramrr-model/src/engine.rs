@@ -62,11 +62,15 @@ pub struct LoadOptions {
     pub batch_size: usize,
     /// Most (padded) tokens per forward pass; bounds activation memory.
     pub max_batch_tokens: usize,
+    /// Batches run concurrently on this many CPU threads, each with a one-thread kernel pool.
+    /// Pays for small models, whose matrices are too small for a threaded GEMM; 1 leaves the
+    /// threading to the kernels. Outputs do not depend on it (per-item seeds).
+    pub workers: usize,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: DeviceChoice::Cpu, dtype: WeightDType::F32, batch_size: 8, max_batch_tokens: 8192 }
+        Self { device: DeviceChoice::Cpu, dtype: WeightDType::F32, batch_size: 8, max_batch_tokens: 8192, workers: 1 }
     }
 }
 
@@ -107,6 +111,8 @@ pub struct Engine {
     pub dir: PathBuf,
     pub batch_size: usize,
     pub max_batch_tokens: usize,
+    /// One single-threaded pool per data-parallel worker (empty: run on the caller's pools).
+    workers: Vec<rayon::ThreadPool>,
 }
 
 impl Engine {
@@ -140,6 +146,14 @@ impl Engine {
             dir,
             batch_size: opts.batch_size.max(1),
             max_batch_tokens: opts.max_batch_tokens.max(1),
+            workers: if opts.workers > 1 {
+                (0..opts.workers)
+                    .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| ModelError::Input(format!("cannot start {} engine workers: {e}", opts.workers)))?
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -173,6 +187,11 @@ impl Engine {
     /// Groups item indices (sorted by length, longest first) into batches bounded by
     /// `batch_size` rows and `max_batch_tokens` padded tokens.
     fn batches(&self, lens: &[usize]) -> Vec<Vec<usize>> {
+        // With workers, at least one batch each, so none sits idle.
+        let rows = match self.workers.len() {
+            0 | 1 => self.batch_size,
+            w => self.batch_size.min(lens.len().div_ceil(w)).max(1),
+        };
         let mut order: Vec<usize> = (0..lens.len()).collect();
         order.sort_by(|&a, &b| lens[b].cmp(&lens[a]).then(a.cmp(&b)));
         let mut out: Vec<Vec<usize>> = Vec::new();
@@ -180,7 +199,7 @@ impl Engine {
         let mut cur_max = 0;
         for i in order {
             let max = cur_max.max(lens[i]);
-            if !cur.is_empty() && (cur.len() >= self.batch_size || max * (cur.len() + 1) > self.max_batch_tokens) {
+            if !cur.is_empty() && (cur.len() >= rows || max * (cur.len() + 1) > self.max_batch_tokens) {
                 out.push(std::mem::take(&mut cur));
                 cur_max = 0;
             }
@@ -191,6 +210,47 @@ impl Engine {
             out.push(cur);
         }
         out
+    }
+
+    /// Runs `f` on every batch of items with these lengths and returns each item's result.
+    /// With workers, batches are dealt round-robin to them and run concurrently.
+    fn map_batches<T: Send>(&self, lens: &[usize], f: impl Fn(&[usize]) -> Result<Vec<T>> + Sync) -> Result<Vec<T>> {
+        let batches = self.batches(lens);
+        let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None).take(lens.len()).collect();
+        let mut place = |batch: &[usize], results: Vec<T>| {
+            for (&i, r) in batch.iter().zip(results) {
+                out[i] = Some(r);
+            }
+        };
+        if self.workers.len() < 2 || batches.len() < 2 {
+            for b in &batches {
+                place(b, f(b)?);
+            }
+        } else {
+            let n = self.workers.len();
+            let done: Vec<Result<Vec<(usize, Vec<T>)>>> = std::thread::scope(|s| {
+                let handles: Vec<_> = self
+                    .workers
+                    .iter()
+                    .enumerate()
+                    .map(|(w, pool)| {
+                        let (f, batches) = (&f, &batches);
+                        s.spawn(move || {
+                            pool.install(|| {
+                                (w..batches.len()).step_by(n).map(|k| Ok((k, f(&batches[k])?))).collect::<Result<Vec<_>>>()
+                            })
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("an engine worker panicked")).collect()
+            });
+            for r in done {
+                for (k, results) in r? {
+                    place(&batches[k], results);
+                }
+            }
+        }
+        Ok(out.into_iter().map(|o| o.expect("every item is in one batch")).collect())
     }
 
     /// Hidden states of right-padded sequences: (B·T, C) with T the longest length.
@@ -237,8 +297,7 @@ impl Engine {
             }
         }
         let lens: Vec<usize> = items.iter().map(|(p, c)| p.len() + c.len()).collect();
-        let mut outputs: Vec<Option<ScoreOutput>> = vec![None; items.len()];
-        for batch in self.batches(&lens) {
+        self.map_batches(&lens, |batch| {
             let seqs: Vec<Vec<u32>> =
                 batch.iter().map(|&i| items[i].0.iter().chain(items[i].1.iter()).copied().collect()).collect();
             let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
@@ -254,19 +313,21 @@ impl Engine {
             }
             let lp = if rows.is_empty() { vec![] } else { self.target_logprobs(&hidden, &rows, &targets)? };
             let mut k = 0;
-            for &i in &batch {
-                let (p, c) = &items[i];
-                let token_logprobs = lp[k..k + c.len()].to_vec();
-                k += c.len();
-                outputs[i] = Some(ScoreOutput {
-                    prompt_tokens: p.len(),
-                    completion_tokens: c.len(),
-                    logprob: token_logprobs.iter().map(|&x| x as f64).sum(),
-                    token_logprobs,
-                });
-            }
-        }
-        Ok(outputs.into_iter().map(|o| o.expect("every item is in one batch")).collect())
+            Ok(batch
+                .iter()
+                .map(|&i| {
+                    let (p, c) = &items[i];
+                    let token_logprobs = lp[k..k + c.len()].to_vec();
+                    k += c.len();
+                    ScoreOutput {
+                        prompt_tokens: p.len(),
+                        completion_tokens: c.len(),
+                        logprob: token_logprobs.iter().map(|&x| x as f64).sum(),
+                        token_logprobs,
+                    }
+                })
+                .collect())
+        })
     }
 
     /// Full-vocabulary log-probabilities of each `candidates` id as the next token after each
@@ -276,8 +337,7 @@ impl Engine {
         if let Some(i) = lens.iter().position(|&l| l == 0) {
             return Err(ModelError::Input(format!("item {i}: empty prompt")));
         }
-        let mut out = vec![vec![]; seqs.len()];
-        for batch in self.batches(&lens) {
+        self.map_batches(&lens, |batch| {
             let refs: Vec<&[u32]> = batch.iter().map(|&i| seqs[i].as_slice()).collect();
             let (hidden, t) = self.hidden_right_padded(&refs)?;
             let rows: Vec<u32> = batch.iter().enumerate().map(|(r, &i)| (r * t + seqs[i].len() - 1) as u32).collect();
@@ -285,13 +345,14 @@ impl Engine {
             let logits = self.model.logits(&hidden.index_select(&idx, 0)?)?;
             let v = logits.dims()[1];
             let flat = logits.flatten_all()?.to_vec1::<f32>()?;
-            for (r, &i) in batch.iter().enumerate() {
-                let row = &flat[r * v..(r + 1) * v];
-                let lse = log_sum_exp(row);
-                out[i] = candidates.iter().map(|&c| row[c as usize] - lse).collect();
-            }
-        }
-        Ok(out)
+            Ok((0..batch.len())
+                .map(|r| {
+                    let row = &flat[r * v..(r + 1) * v];
+                    let lse = log_sum_exp(row);
+                    candidates.iter().map(|&c| row[c as usize] - lse).collect()
+                })
+                .collect())
+        })
     }
 
     /// Batched generation from prompt ids. Output `i` answers `prompts[i]`.
@@ -305,16 +366,11 @@ impl Engine {
             return Err(ModelError::Input(format!("item {i}: empty prompt")));
         }
         let lens: Vec<usize> = prompts.iter().map(|p| p.len() + params.max_new_tokens).collect();
-        let mut outputs: Vec<Option<GenerateOutput>> = vec![None; prompts.len()];
-        for batch in self.batches(&lens) {
+        self.map_batches(&lens, |batch| {
             let rows: Vec<&[u32]> = batch.iter().map(|&i| prompts[i].as_slice()).collect();
             let offs: Vec<u64> = batch.iter().map(|&i| seed_offsets.get(i).copied().unwrap_or(i as u64)).collect();
-            let outs = self.generate_batch(&rows, &offs, params)?;
-            for (o, &i) in outs.into_iter().zip(&batch) {
-                outputs[i] = Some(o);
-            }
-        }
-        Ok(outputs.into_iter().map(|o| o.expect("every item is in one batch")).collect())
+            self.generate_batch(&rows, &offs, params)
+        })
     }
 
     fn generate_batch(&self, prompts: &[&[u32]], seed_offsets: &[u64], params: &SamplingParams) -> Result<Vec<GenerateOutput>> {

@@ -12,6 +12,7 @@ use gramrr_pipeline::format::compact::TAGS;
 use gramrr_train::{train_sft, Segment, SftConfig, Silent, AdamWConfig, Scheduler};
 
 fn main() -> anyhow::Result<()> {
+    gramrr_model::tune_threads();
     gramrr_model::tune_allocator();
     let a: Vec<String> = std::env::args().skip(1).collect();
     let (hidden, layers, steps, batch): (usize, usize, usize, usize) = (a[0].parse()?, a[1].parse()?, a[2].parse()?, a[3].parse()?);
@@ -36,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         scheduler: Scheduler::Cosine,
         warmup_ratio: 0.08,
         adam: AdamWConfig { beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: 0.05 },
+        group_by_length: true,
         workers: std::env::var("WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(1),
         ..Default::default()
     };

@@ -133,11 +133,14 @@ pub struct EngineConfig {
     pub batch_size: usize,
     /// Most padded tokens per forward pass.
     pub max_batch_tokens: usize,
+    /// Batches run concurrently on this many CPU threads (for small models; 1 leaves the
+    /// threading to the kernels). Outputs do not depend on it.
+    pub workers: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { device: "cpu".into(), dtype: "f32".into(), batch_size: 64, max_batch_tokens: 65_536 }
+        Self { device: "cpu".into(), dtype: "f32".into(), batch_size: 64, max_batch_tokens: 65_536, workers: 1 }
     }
 }
 
@@ -147,7 +150,7 @@ impl EngineConfig {
             self.device.parse().map_err(|e: String| PipelineError::config(origin, format!("engine.device: {e}")))?;
         let dtype: WeightDType =
             self.dtype.parse().map_err(|e: String| PipelineError::config(origin, format!("engine.dtype: {e}")))?;
-        Ok(LoadOptions { device, dtype, batch_size: self.batch_size, max_batch_tokens: self.max_batch_tokens })
+        Ok(LoadOptions { device, dtype, batch_size: self.batch_size, max_batch_tokens: self.max_batch_tokens, workers: self.workers })
     }
 }
 
