@@ -56,8 +56,122 @@ Ratios are gramrr / PyTorch (higher is better for gramrr).
     replace_section(out, "Engine", body)
 
 
+def train(g_paths, t_paths, out):
+    """g_paths / t_paths: comma-separated JSON files, one per configuration, in the same order."""
+    rows = []
+    for gp, tp in zip(g_paths.split(","), t_paths.split(",")):
+        g, t = json.load(open(gp)), json.load(open(tp))
+        what = "LoRA r=%d, all linear layers" % g["options"]["lora_rank"] if g["mode"] == "lora" else "full fine-tuning"
+        rows.append(
+            f"| {what} | {g['tokens_per_sec']:,.0f} tok/s | {t['tokens_per_sec']:,.0f} tok/s | **{g['tokens_per_sec']/t['tokens_per_sec']:.2f}×** | ≥ 1.0× |"
+        )
+        rows.append(
+            f"| {what}: peak RSS | {g['peak_rss_mib']:,.0f} MiB | {t['peak_rss_mib']:,.0f} MiB | **{t['peak_rss_mib']/g['peak_rss_mib']:.2f}×** | ≤ PyTorch's |"
+        )
+    o = g["options"]
+    body = f"""
+Written by `bash tools/bench_train.sh` on {datetime.date.today()}: the random Qwen3-0.6B-shaped
+checkpoint, f32, sequence {o['seq_len']}, batch {o['batch_size']}, {o['steps']} steps of which the first
+{o['warmup']} are warm-up and not timed, AdamW, clipping at 1.0, {g['threads']} threads, {cpu_name()}.
+gramrr vs {t['framework']} ({t.get('attn_implementation', 'sdpa')} attention). Ratios: tokens/s gramrr / PyTorch,
+memory PyTorch / gramrr (higher is better for gramrr in both).
+
+| configuration | gramrr | PyTorch | ratio | target |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
+    replace_section(out, "Training", body)
+
+
+def serve(g_path, _unused, out):
+    runs = [json.loads(l) for l in open(g_path) if l.strip()]
+    rows = []
+    for r in runs:
+        lat = r["latency_ms"]
+        st = ", ".join(f"{k}: {v}" for k, v in r["statuses"].items())
+        rows.append(
+            f"| `{r['path']}` | {r['requests']} | {r['clients']} | {r['requests_per_s']:.1f} | {lat['p50']:.0f} | {lat['p90']:.0f} | {lat['p99']:.0f} | {st} |"
+        )
+    meta = runs[0].get("meta", {})
+    body = f"""
+Written by `bash tools/bench_serve.sh` on {datetime.date.today()}: `gramrr serve` with {meta.get('model', 'the demo RM')}
+(`--template compact`, reason mode, one order, greedy), {meta.get('server_flags', '')}, loaded by
+`crates/gramrr-serve/examples/load_test.rs` from the same machine ({cpu_name()}, {os.cpu_count()} cores shared by
+server and client). Each request is one item; the server batches across requests.
+
+| endpoint | requests | concurrent clients | requests/s | p50 ms | p90 ms | p99 ms | statuses |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
+    replace_section(out, "Reward server", body)
+
+
+def demo(dirs, _unused, out):
+    """dirs: comma-separated demo output directories (one per seed)."""
+    reps = [json.load(open(os.path.join(d, "report.json"))) for d in dirs.split(",")]
+    def stat(xs):
+        m = sum(xs) / len(xs)
+        sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+        return f"{m:.1f} ± {sd:.1f}", xs
+    def line(name, xs, fmt="{:.1f}"):
+        s, xs = stat(xs)
+        return f"| {name} | {' | '.join(fmt.format(x) for x in xs)} | {s} |"
+    acc = lambda k: [r["accuracy"][k] for r in reps]
+    m = len(reps[0]["accuracy"]["gram_rr_self_training"])
+    rows = [
+        line("backbone works the test sums out right", [r.get("backbone_arithmetic", float("nan")) for r in reps]),
+        line("vanilla RM (seed rationales only)", acc("vanilla_rm")),
+        line("GRAM-R² initial (seed + synthesized proofs)", acc("gram_rr_initial")),
+    ]
+    for i in range(m):
+        rows.append(line(f"GRAM-R² after self-training iteration {i + 1}", [r["accuracy"]["gram_rr_self_training"][i] for r in reps]))
+    rows += [
+        line("GRAM-R² final (after the human-rationale fine-tune)", acc("gram_rr_final")),
+        line("compute-matched control", acc("control_extra_steps")),
+    ]
+    for i in range(m):
+        rows.append(line(f"pseudo-labels, iteration {i + 1}: accuracy of all majority labels", [r["pseudo_labels"][i]["accuracy_all"] for r in reps]))
+        rows.append(line(f"pseudo-labels, iteration {i + 1}: accuracy of the kept ones", [r["pseudo_labels"][i]["accuracy_kept"] for r in reps]))
+        rows.append(line(f"pseudo-labels, iteration {i + 1}: pairs kept", [r["pseudo_labels"][i]["kept"] for r in reps], "{:.0f}"))
+    rows += [
+        line("proof selection: Eq. 5 pick has the right computation (%)", [r["proof_selection"]["eq5"] for r in reps]),
+        line("proof selection: random pick has the right computation (%)", [r["proof_selection"]["random"] for r in reps]),
+        line("wall time (s)", [r["seconds"] for r in reps], "{:.0f}"),
+    ]
+    targets = {}
+    for r in reps:
+        for t in r["targets"]:
+            targets.setdefault(t["name"], []).append(("met" if t["met"] else "**not met**") + f" ({t['detail']})")
+    trows = [f"| {name} | {' | '.join(v)} |" for name, v in targets.items()]
+    seeds = [r["seed"] for r in reps]
+    body = f"""
+Written by `bash tools/bench_demo.sh` on {datetime.date.today()}: `gramrr demo --seed S` (full size) for
+seeds {', '.join(map(str, seeds))}, {cpu_name()}, {os.cpu_count()} cores, nothing else running. Accuracies are
+pairwise accuracy (%) on the {reps[0]['test_pairs']} held-out test pairs; mean ± sample standard deviation.
+
+| measure | {' | '.join(f'seed {s}' for s in seeds)} | mean ± sd |
+|---|{'---|' * len(seeds)}---|
+{chr(10).join(rows)}
+
+Targets of issue 5, per seed:
+
+| target | {' | '.join(f'seed {s}' for s in seeds)} |
+|---|{'---|' * len(seeds)}
+{chr(10).join(trows)}
+"""
+    replace_section(out, "Demo", body)
+
+
 if __name__ == "__main__":
     kind, gpath, tpath, out = sys.argv[1:5]
-    g, t = json.load(open(gpath)), json.load(open(tpath))
-    {"engine": engine}[kind](g, t, out)
+    if kind == "engine":
+        engine(json.load(open(gpath)), json.load(open(tpath)), out)
+    elif kind == "train":
+        train(gpath, tpath, out)
+    elif kind == "serve":
+        serve(gpath, tpath, out)
+    elif kind == "demo":
+        demo(gpath, tpath, out)
+    else:
+        sys.exit(f"unknown kind {kind}: engine, train, serve or demo")
     print(f"updated {out}")

@@ -91,6 +91,10 @@ pub struct SourceArgs {
     /// A gramrr judge model directory (HF layout), judged live.
     #[arg(long, value_name = "DIR", group = "source")]
     pub model: Option<PathBuf>,
+    /// With --model: the judge format, a preset (gram-rr, mt-bench, rm-r1, rrm, compact for
+    /// `gramrr demo` models) or a template file, as in `gramrr judge --template`.
+    #[arg(long, default_value = "gram-rr", requires = "model")]
+    pub template: String,
     /// Write the responses to score (id, response key, prompt, text) as JSONL to FILE and exit:
     /// the input for scoring with another tool, whose output goes back in with --scores.
     #[arg(long, value_name = "FILE")]
@@ -274,22 +278,23 @@ fn make_source(s: &SourceArgs, seed: u64) -> anyhow::Result<Source> {
         None => {}
     }
     if let Some(dir) = &s.model {
-        return model_source(dir);
+        return model_source(dir, &s.template);
     }
     bail!("no source: give --scores S.jsonl, --baseline length|random or --model DIR (or --write-requests FILE)")
 }
 
-/// The live-model source: the model judges each comparison with the GRAM-R² template in
+/// The live-model source: the model judges each comparison with the chosen template in
 /// `reason` mode (generate a rationale, parse the label), one order per call, greedy, at most
 /// 1024 new tokens. The evaluator decides the orders (JudgeBench's double game, seeded random
-/// placement elsewhere), so the judge itself does not swap. For other presets, votes or
-/// probability scoring, run `gramrr judge` and bring its verdicts as scores.
-fn model_source(dir: &Path) -> anyhow::Result<Source> {
+/// placement elsewhere), so the judge itself does not swap. For votes or probability scoring,
+/// run `gramrr judge` and bring its verdicts as scores.
+fn model_source(dir: &Path, template: &str) -> anyhow::Result<Source> {
     use gramrr_judge::{JudgeConfig, PairwiseJudge};
     let engine = gramrr_model::Engine::load(&dir.to_string_lossy(), &gramrr_model::LoadOptions::default())
         .with_context(|| format!("loading judge model {}", dir.display()))?;
     let config = JudgeConfig { both_orders: false, ..JudgeConfig::default() };
-    let judge = PairwiseJudge::new(std::sync::Arc::new(engine), gramrr_data::prompt::JudgeTemplate::gram_rr(), config);
+    let template = gramrr_data::prompt::JudgeTemplate::resolve(template).with_context(|| format!("judge template {template:?}"))?;
+    let judge = PairwiseJudge::new(std::sync::Arc::new(engine), template, config);
     Ok(Source::Judge(Box::new(LiveJudge { judge, name: format!("gramrr judge {}", dir.display()) })))
 }
 

@@ -73,7 +73,7 @@ pub const RRM_TEMPLATE: &str = "You are a helpful assistant in evaluating the qu
 const PLACEHOLDERS: [&str; 3] = ["{user_input}", "{response_1}", "{response_2}"];
 
 /// The names [`JudgeTemplate::preset`] knows.
-pub const PRESET_NAMES: [&str; 4] = ["gram-rr", "mt-bench", "rm-r1", "rrm"];
+pub const PRESET_NAMES: [&str; 5] = ["gram-rr", "mt-bench", "rm-r1", "rrm", "compact"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -112,6 +112,10 @@ pub struct JudgeTemplate {
     pub label_tokens: [String; 2],
     /// How a generated verdict is read.
     pub parser: VerdictParser,
+    /// Send the rendered text as a raw prompt instead of a chat: for models without a chat
+    /// template, such as `gramrr demo`'s, trained on raw text. `system` is then put before it.
+    #[serde(default)]
+    pub raw: bool,
 }
 
 impl JudgeTemplate {
@@ -127,6 +131,23 @@ impl JudgeTemplate {
             direct_prefix: "<answer>\n".into(),
             label_tokens: ["A".into(), "B".into()],
             parser: VerdictParser::gram_rr(),
+            raw: false,
+        }
+    }
+
+    /// The compact raw-text format of `gramrr demo`'s models: `A: …\nB: …\nQ: …? ` (the
+    /// question last), answered `<think>…</think><answer>A</answer>`.
+    pub fn compact() -> Self {
+        JudgeTemplate {
+            name: "compact".into(),
+            system: None,
+            template: "A: {response_1}\nB: {response_2}\nQ: {user_input} ".into(),
+            answer_marker: "<answer>".into(),
+            answer_prefix: "<answer>".into(),
+            direct_prefix: "<answer>".into(),
+            label_tokens: ["A".into(), "B".into()],
+            parser: VerdictParser::gram_rr(),
+            raw: true,
         }
     }
 
@@ -141,6 +162,7 @@ impl JudgeTemplate {
             direct_prefix: "Final verdict: [[".into(),
             label_tokens: ["A".into(), "B".into()],
             parser: VerdictParser::double_bracket(),
+            raw: false,
         }
     }
 
@@ -155,6 +177,7 @@ impl JudgeTemplate {
             direct_prefix: "<answer>[[".into(),
             label_tokens: ["A".into(), "B".into()],
             parser: VerdictParser::rm_r1(),
+            raw: false,
         }
     }
 
@@ -169,16 +192,19 @@ impl JudgeTemplate {
             direct_prefix: "\\boxed{Assistant ".into(),
             label_tokens: ["1".into(), "2".into()],
             parser: VerdictParser::rrm(),
+            raw: false,
         }
     }
 
-    /// A preset by name: `gram-rr` (also `gram`), `mt-bench` (also `rewardbench`), `rm-r1`, `rrm`.
+    /// A preset by name: `gram-rr` (also `gram`), `mt-bench` (also `rewardbench`), `rm-r1`, `rrm`,
+    /// `compact` (the demo's raw-text format).
     pub fn preset(name: &str) -> Result<Self, TemplateError> {
         match name {
             "gram-rr" | "gram" | "gram-r2" => Ok(Self::gram_rr()),
             "mt-bench" | "rewardbench" => Ok(Self::mt_bench()),
             "rm-r1" => Ok(Self::rm_r1()),
             "rrm" => Ok(Self::rrm()),
+            "compact" => Ok(Self::compact()),
             _ => Err(TemplateError::UnknownPreset { name: name.into(), known: PRESET_NAMES.join(", ") }),
         }
     }
@@ -269,8 +295,16 @@ impl JudgeTemplate {
         out
     }
 
-    /// The model input: the optional system message, then the rendered user message.
+    /// The model input: the optional system message, then the rendered user message (as one
+    /// raw text when `raw`).
     pub fn to_prompt(&self, user_input: &str, response_1: &str, response_2: &str) -> Prompt {
+        if self.raw {
+            let user = self.render(user_input, response_1, response_2);
+            return Prompt::Raw(match &self.system {
+                Some(system) => format!("{system}{user}"),
+                None => user,
+            });
+        }
         let mut messages = Vec::with_capacity(2);
         if let Some(system) = &self.system {
             messages.push(ChatMessage::new("system", system.clone()));

@@ -9,6 +9,8 @@
 //! the process's.
 
 fn main() {
+    gramrr_model::tune_threads();
+    gramrr_model::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let get = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
     let num = |flag: &str, default: usize| get(flag).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{flag}: not a number")));

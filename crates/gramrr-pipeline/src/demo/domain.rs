@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 
-use gramrr_data::{Conversation, Label, PreferencePair};
+use gramrr_data::{CandidateList, Conversation, Label, PreferencePair};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -118,24 +118,28 @@ pub fn rationale(p: &Problem, va: u32, vb: u32) -> String {
 pub const OPENINGS: [&str; 8] = ["", "", "", "OK. ", "Let me see. ", "Well, ", "Sure. ", "Check: "];
 
 /// A pretraining document (its prompt and continuation): sometimes two people's answers to
-/// the question first (right or wrong, in any style: answers sit around questions in real text,
-/// and the backbone must compute among such distracting numbers), then the question, an
-/// opening and the worked steps. No judgment is ever written: judging is what the reward model
-/// has to learn.
+/// the question first (right or wrong, in any style: answers sit around questions in real
+/// text), then the question, an opening and the worked steps, and, when there were answers,
+/// what each of them says and whether they agree (`A 49. B 48. They differ.`). A pretrained
+/// LLM can compute, read back what a text says and tell equal numbers; the backbone learns
+/// these here. No judgment is ever written: deciding
+/// which answer is right is what the reward models have to learn.
 pub fn pretrain_text(rng: &mut ChaCha8Rng, p: &Problem) -> (String, String) {
     let mut prompt = String::new();
+    let mut restated = String::new();
     if rng.random_bool(0.4) {
         let wrongs = p.wrong_answers();
-        let answer = |rng: &mut ChaCha8Rng| {
-            let v = if rng.random_bool(0.5) { p.answer() } else { wrongs[rng.random_range(0..wrongs.len())] };
-            styled(v, rng.random_range(0..STYLES.len()))
-        };
-        let (a, b) = (answer(rng), answer(rng));
+        let value = |rng: &mut ChaCha8Rng| if rng.random_bool(0.5) { p.answer() } else { wrongs[rng.random_range(0..wrongs.len())] };
+        let (va, vb) = (value(rng), value(rng));
+        let (a, b) = (styled(va, rng.random_range(0..STYLES.len())), styled(vb, rng.random_range(0..STYLES.len())));
         prompt.push_str(&format!("A: {a}\nB: {b}\n"));
+        // Whether the two people agree: reading numbers for equality is a skill a pretrained
+        // LLM has; which of them is right is never said.
+        restated = format!(" A {va}. B {vb}. They {}.", if va == vb { "agree" } else { "differ" });
     }
     prompt.push_str(&format!("Q: {} ", p.question()));
     let opening = OPENINGS[rng.random_range(0..OPENINGS.len())];
-    (prompt, format!("{opening}{THINK}{} so {}.{THINK_END}", p.work(), p.answer()))
+    (prompt, format!("{opening}{THINK}{} so {}.{restated}{THINK_END}", p.work(), p.answer()))
 }
 
 /// The characters every demo text is made of (the tokenizer's alphabet).
@@ -186,6 +190,43 @@ pub struct Domain {
     pub unlabeled_truth: Vec<Label>,
     pub test: Vec<PreferencePair>,
     pub pretrain: Vec<(String, String)>,
+    /// Best-of-n lists on test questions: [`CANDIDATES_PER_LIST`] answers, one to three of
+    /// them right, each in a random style, with per-answer correctness (for `gramrr eval ppe`
+    /// and `gramrr rank`).
+    pub candidates: Vec<CandidateList>,
+}
+
+/// Answers in each best-of-n list.
+pub const CANDIDATES_PER_LIST: usize = 8;
+/// Best-of-n lists (on the first test questions).
+pub const CANDIDATE_LISTS: usize = 200;
+
+/// Best-of-n lists for `problems`, from their own random stream so that adding them changed
+/// no other set.
+fn candidate_lists(seed: u64, problems: &[Problem]) -> Vec<CandidateList> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6361_6e64);
+    problems
+        .iter()
+        .take(CANDIDATE_LISTS)
+        .enumerate()
+        .map(|(i, p)| {
+            let n_right = rng.random_range(1..=3);
+            let wrongs = p.wrong_answers();
+            let mut values: Vec<(u32, bool)> = (0..CANDIDATES_PER_LIST)
+                .map(|k| if k < n_right { (p.answer(), true) } else { (wrongs[rng.random_range(0..wrongs.len())], false) })
+                .collect();
+            values.shuffle(&mut rng);
+            CandidateList {
+                id: format!("bon-{i:05}"),
+                prompt: Conversation::Text(p.question()),
+                responses: values.iter().map(|&(v, _)| styled(v, rng.random_range(0..STYLES.len()))).collect(),
+                correct: Some(values.iter().map(|&(_, ok)| ok).collect()),
+                scores: None,
+                best: None,
+                metadata: Default::default(),
+            }
+        })
+        .collect()
 }
 
 fn make_pair(rng: &mut ChaCha8Rng, p: &Problem, id: String, with_rationale: bool) -> PreferencePair {
@@ -235,7 +276,8 @@ impl Domain {
                 pretrain_text(&mut rng, &p)
             })
             .collect();
-        Domain { seed: seed_set, labeled, unlabeled, unlabeled_truth, test, pretrain }
+        let candidates = candidate_lists(seed, test_q);
+        Domain { seed: seed_set, labeled, unlabeled, unlabeled_truth, test, pretrain, candidates }
     }
 }
 
@@ -291,6 +333,25 @@ mod tests {
         }
         assert!(d.unlabeled.iter().all(|p| p.label.is_none()));
         assert_eq!(d.unlabeled_truth.len(), d.unlabeled.len());
+    }
+
+    #[test]
+    fn best_of_n_lists_mark_exactly_the_right_answers() {
+        let d = Domain::generate(4, &sizes());
+        assert_eq!(d.candidates.len(), sizes().test.min(CANDIDATE_LISTS));
+        let test_q: HashSet<String> = d.test.iter().map(|p| p.prompt.as_text()).collect();
+        for c in &d.candidates {
+            assert!(test_q.contains(&c.prompt.as_text()), "lists use held-out questions");
+            let p = Problem::parse(&c.prompt.as_text()).unwrap();
+            let flags = c.correct.as_ref().unwrap();
+            assert_eq!(c.responses.len(), CANDIDATES_PER_LIST);
+            let n_right = flags.iter().filter(|f| **f).count();
+            assert!((1..=3).contains(&n_right), "{c:?}");
+            for (r, &ok) in c.responses.iter().zip(flags) {
+                let v: u32 = r.chars().filter(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap();
+                assert_eq!(v == p.answer(), ok, "{r:?} for {}", p.question());
+            }
+        }
     }
 
     #[test]

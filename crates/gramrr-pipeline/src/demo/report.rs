@@ -64,6 +64,9 @@ pub struct Report {
     pub accuracy: Accuracy,
     pub pseudo_labels: Vec<PseudoLabelReport>,
     pub proof_selection: ProofSelection,
+    /// Percent of held-out test questions the pretrained backbone works out right (greedy,
+    /// prompt `Q: 63-15? `): how capable the stand-in for a pretrained LLM is.
+    pub backbone_arithmetic: f64,
     /// Wall time of the invocation that finished the run.
     pub seconds: f64,
     pub seed: u64,
@@ -138,6 +141,10 @@ impl Report {
         s.push_str(&format!(
             "# gramrr demo: GRAM-R² in miniature\n\nseed {}, size {}, {} held-out test pairs, {:.0} s wall time ({:.0} s of recorded stage work).\n\n",
             self.seed, self.size, self.test_pairs, self.seconds, self.stage_seconds
+        ));
+        s.push_str(&format!(
+            "The pretrained backbone works out {:.1}% of the test questions right on its own (the skill the reward models build on).\n\n",
+            self.backbone_arithmetic
         ));
         s.push_str("## Pairwise accuracy on the held-out test set\n\n| model | accuracy (%) |\n|---|---|\n");
         for (name, acc) in self.stages() {

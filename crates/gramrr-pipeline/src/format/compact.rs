@@ -24,6 +24,7 @@
 //! work ends in `=VALUE`, whether VALUE read in reverse is the result (the demo writes worked
 //! steps in reversed digits, demo-notes #3/#4).
 
+use gramrr_data::prompt::JudgeTemplate;
 use gramrr_data::verdict::{ParseFailure, VerdictParser};
 use gramrr_data::{Label, PreferencePair};
 use gramrr_model::backend::Prompt;
@@ -139,17 +140,15 @@ fn contains_token(hay: &str, needle: &str) -> bool {
     hay.match_indices(needle).any(|(i, _)| !glued(hay[..i].chars().next_back()) && !glued(hay[i + needle.len()..].chars().next()))
 }
 
-fn render_pair(pair: &PreferencePair) -> String {
-    format!("A: {}\nB: {}\nQ: {} ", pair.response_a, pair.response_b, pair.prompt.as_text())
-}
-
 impl PairFormat for CompactFormat {
     fn name(&self) -> &'static str {
         "compact"
     }
 
+    /// The `compact` judge preset, so `gramrr judge/eval/serve --template compact` ask a demo
+    /// model exactly what it was trained on.
     fn judge_prompt(&self, pair: &PreferencePair) -> Prompt {
-        Prompt::Raw(render_pair(pair))
+        JudgeTemplate::compact().to_prompt(&pair.prompt.as_text(), &pair.response_a, &pair.response_b)
     }
 
     fn prover_prompt(&self, pair: &PreferencePair, label: Label) -> Result<Prompt, FormatError> {

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Training benchmark, side by side: gramrr vs torch (+ PEFT) on the same random
+# Qwen3-0.6B-shaped checkpoint, seq 512, batch 2, f32, LoRA r=16 on all linear layers and full
+# fine-tuning. Writes the "## Training" section of BENCHMARKS.md.
+#   bash tools/bench_train.sh            (needs: pip install -r tools/requirements.txt)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=${THREADS:-$(nproc)}
+DIR=${BENCH_DIR:-/tmp/gramrr-bench}
+MODEL=$DIR/qwen3-0.6b
+STEPS=${STEPS:-3}
+mkdir -p "$DIR"
+cargo build --release -q -p gramrr-cli -p gramrr-train --example bench_train
+if [ ! -f "$MODEL/model.safetensors" ]; then
+  ./target/release/gramrr init-model --preset qwen3-0-6b --out "$MODEL" --seed 0
+fi
+for cfg in lora full; do
+  flags=""; [ $cfg = lora ] && flags="--lora-rank 16"
+  RAYON_NUM_THREADS=$THREADS ./target/release/examples/bench_train --model "$MODEL" $flags --steps "$STEPS" > "$DIR/train-gramrr-$cfg.json"
+  python3 tools/bench_train_torch.py --model "$MODEL" $flags --steps "$STEPS" --threads "$THREADS" > "$DIR/train-torch-$cfg.json"
+done
+python3 tools/bench_report.py train "$DIR/train-gramrr-lora.json,$DIR/train-gramrr-full.json" \
+  "$DIR/train-torch-lora.json,$DIR/train-torch-full.json" BENCHMARKS.md
