@@ -61,14 +61,17 @@ def train(g_paths, t_paths, out):
     rows = []
     for gp, tp in zip(g_paths.split(","), t_paths.split(",")):
         g, t = json.load(open(gp)), json.load(open(tp))
-        what = "LoRA r=%d, all linear layers" % g["options"]["lora_rank"] if g["mode"] == "lora" else "full fine-tuning"
+        o = g["options"]
+        what = "LoRA r=%d, all linear layers" % o["lora_rank"] if g["mode"] == "lora" else "full fine-tuning"
+        if o["seq_len"] != 512:
+            what = f"demo-sized model (hidden 128, 4 layers), seq {o['seq_len']}, batch {o['batch_size']}, {what}, {o.get('workers', 1)} data-parallel workers"
         rows.append(
             f"| {what} | {g['tokens_per_sec']:,.0f} tok/s | {t['tokens_per_sec']:,.0f} tok/s | **{g['tokens_per_sec']/t['tokens_per_sec']:.2f}×** | ≥ 1.0× |"
         )
         rows.append(
             f"| {what}: peak RSS | {g['peak_rss_mib']:,.0f} MiB | {t['peak_rss_mib']:,.0f} MiB | **{t['peak_rss_mib']/g['peak_rss_mib']:.2f}×** | ≤ PyTorch's |"
         )
-    o = g["options"]
+    o = json.load(open(g_paths.split(",")[0]))["options"]
     body = f"""
 Written by `bash tools/bench_train.sh` on {datetime.date.today()}: the random Qwen3-0.6B-shaped
 checkpoint, f32, sequence {o['seq_len']}, batch {o['batch_size']}, {o['steps']} steps of which the first

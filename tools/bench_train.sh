@@ -19,5 +19,13 @@ for cfg in lora full; do
   RAYON_NUM_THREADS=$THREADS ./target/release/examples/bench_train --model "$MODEL" $flags --steps "$STEPS" > "$DIR/train-gramrr-$cfg.json"
   python3 tools/bench_train_torch.py --model "$MODEL" $flags --steps "$STEPS" --threads "$THREADS" > "$DIR/train-torch-$cfg.json"
 done
-python3 tools/bench_report.py train "$DIR/train-gramrr-lora.json,$DIR/train-gramrr-full.json" \
-  "$DIR/train-torch-lora.json,$DIR/train-torch-full.json" BENCHMARKS.md
+# The demo's model size: hidden 128, 4 layers, sequence 90, batch 64, full fine-tuning; gramrr
+# with two data-parallel workers (what `gramrr demo` uses), torch with its two threads.
+SMALL=$DIR/demo-128x4
+if [ ! -f "$SMALL/model.safetensors" ]; then
+  ./target/release/gramrr init-model --out "$SMALL" --hidden 128 --intermediate 384 --layers 4 --heads 4 --kv-heads 4 --head-dim 32
+fi
+./target/release/examples/bench_train --model "$SMALL" --seq-len 90 --batch-size 64 --steps 10 --warmup 2 --workers "$THREADS" > "$DIR/train-gramrr-small.json"
+python3 tools/bench_train_torch.py --model "$SMALL" --seq-len 90 --batch-size 64 --steps 10 --warmup 2 --threads "$THREADS" > "$DIR/train-torch-small.json"
+python3 tools/bench_report.py train "$DIR/train-gramrr-lora.json,$DIR/train-gramrr-full.json,$DIR/train-gramrr-small.json" \
+  "$DIR/train-torch-lora.json,$DIR/train-torch-full.json,$DIR/train-torch-small.json" BENCHMARKS.md

@@ -5,7 +5,7 @@
 //!     cargo run --release -p gramrr-train --example bench_train -- --model /tmp/qwen3-0.6b
 //!
 //! Flags: --model DIR (required), --lora-rank R (omit for full fine-tuning), --seq-len 512,
-//! --batch-size 2, --steps 3, --warmup 1. Run one configuration per process: peak memory is
+//! --batch-size 2, --steps 3, --warmup 1, --workers 1 (data-parallel CPU workers). Run one configuration per process: peak memory is
 //! the process's.
 
 fn main() {
@@ -24,6 +24,7 @@ fn main() {
         batch_size: num("--batch-size", 2),
         steps: num("--steps", 3),
         warmup: num("--warmup", 1),
+        workers: num("--workers", 1),
     };
     match gramrr_train::bench::bench_train(std::path::Path::new(&model), &opts) {
         Ok(r) => println!("{}", serde_json::to_string(&r).expect("result serializes")),

@@ -26,6 +26,13 @@ pub struct BenchTrainOptions {
     /// Timed optimizer steps, after `warmup` untimed ones.
     pub steps: usize,
     pub warmup: usize,
+    /// Data-parallel CPU workers (`SftConfig::workers`).
+    #[serde(default = "one")]
+    pub workers: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -110,6 +117,7 @@ pub fn bench_train(model_dir: &Path, opts: &BenchTrainOptions) -> Result<BenchTr
         max_len: opts.seq_len,
         shuffle: false,
         merge_lora_on_return: false,
+        workers: opts.workers,
         ..Default::default()
     };
     let mut times = Times(vec![], vec![], process_cpu_seconds());
