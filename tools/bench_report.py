@@ -74,10 +74,11 @@ def train(g_paths, t_paths, out):
     o = json.load(open(g_paths.split(",")[0]))["options"]
     body = f"""
 Written by `bash tools/bench_train.sh` on {datetime.date.today()}: the random Qwen3-0.6B-shaped
-checkpoint, f32, sequence {o['seq_len']}, batch {o['batch_size']}, {o['steps']} steps of which the first
-{o['warmup']} are warm-up and not timed, AdamW, clipping at 1.0, {g['threads']} threads, {cpu_name()}.
-gramrr vs {t['framework']} ({t.get('attn_implementation', 'sdpa')} attention). Ratios: tokens/s gramrr / PyTorch,
-memory PyTorch / gramrr (higher is better for gramrr in both).
+checkpoint, f32, sequence {o['seq_len']}, batch {o['batch_size']}, {o['steps']} timed step(s) after {o['warmup']} untimed
+warm-up step(s), random tokens (loss on the second half), AdamW, clipping at 1.0, {g['threads']} threads,
+{cpu_name()}. gramrr vs {t['framework'].split(' +')[0]} (+ PEFT for LoRA; {t.get('attn_implementation', 'sdpa')} attention), one
+configuration per process. Ratios: tokens/s gramrr / PyTorch, memory PyTorch / gramrr (higher
+is better for gramrr in both).
 
 | configuration | gramrr | PyTorch | ratio | target |
 |---|---|---|---|---|
