@@ -150,7 +150,7 @@ def demo(dirs, _unused, out):
     seeds = [r["seed"] for r in reps]
     body = f"""
 Written by `bash tools/bench_demo.sh` on {datetime.date.today()}: `gramrr demo --seed S` (full size) for
-seeds {', '.join(map(str, seeds))}, {cpu_name()}, {os.cpu_count()} cores, nothing else running. Accuracies are
+seeds {', '.join(map(str, seeds))}, {cpu_name()}, {os.cpu_count()} cores. Accuracies are
 pairwise accuracy (%) on the {reps[0]['test_pairs']} held-out test pairs; mean ± sample standard deviation.
 
 | measure | {' | '.join(f'seed {s}' for s in seeds)} | mean ± sd |
