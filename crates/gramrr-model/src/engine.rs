@@ -146,14 +146,8 @@ impl Engine {
             dir,
             batch_size: opts.batch_size.max(1),
             max_batch_tokens: opts.max_batch_tokens.max(1),
-            workers: if opts.workers > 1 {
-                (0..opts.workers)
-                    .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|e| ModelError::Input(format!("cannot start {} engine workers: {e}", opts.workers)))?
-            } else {
-                Vec::new()
-            },
+            workers: crate::worker_pools(opts.workers)
+                .map_err(|e| ModelError::Input(format!("cannot start {} engine workers: {e}", opts.workers)))?,
         })
     }
 

@@ -48,6 +48,16 @@ pub fn tune_threads() {
     }
 }
 
+/// One single-threaded rayon pool per data-parallel worker, so that each worker's kernels stay
+/// on its own core; none when `n` ≤ 1 (the kernels then thread on the caller's pools). Shared by
+/// the engine's batch workers and the trainer's gradient workers.
+pub fn worker_pools(n: usize) -> std::result::Result<Vec<rayon::ThreadPool>, rayon::ThreadPoolBuildError> {
+    if n <= 1 {
+        return Ok(Vec::new());
+    }
+    (0..n).map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build()).collect()
+}
+
 pub use config::{Architecture, DecoderConfig};
 pub use engine::{DeviceChoice, Engine, LoadOptions};
 pub use error::{ModelError, Result};

@@ -547,15 +547,8 @@ pub fn train_sft(
     let n_params = opt.params.len();
     let mut run_tokens = 0usize;
     let loop_start = Instant::now();
-    // One single-threaded pool per worker, so each shard's kernels stay on its own core.
-    let pools: Vec<rayon::ThreadPool> = if cfg.workers > 1 {
-        (0..cfg.workers)
-            .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| TrainError::Config(format!("cannot start {} training workers: {e}", cfg.workers)))?
-    } else {
-        Vec::new()
-    };
+    let pools = gramrr_model::worker_pools(cfg.workers)
+        .map_err(|e| TrainError::Config(format!("cannot start {} training workers: {e}", cfg.workers)))?;
 
     let save = |opt: &AdamW, decoder: &Decoder, step: usize, plan: &Plan, losses: &[f32], o: &TrainOutput| -> Result<()> {
         let (epoch, mb_in_epoch) = if step % plan.steps_per_epoch == 0 {
