@@ -72,10 +72,10 @@ fn pair() -> PreferencePair {
     }
 }
 
-const GOOD: &str = "<think>36-51=84 so 48. A 49 no. B 48 yes.</think>So B.";
+const GOOD: &str = "<think>36-51=84 so 48. A 49 vs 48 no. B 48 vs 48 yes.</think>So B.";
 /// Passes the rules too (the rules check consistency, not arithmetic).
-const GOOD2: &str = "<think>63-15=84 so 48. A 49 no. B 48 yes.</think>So B.";
-const WRONG_LABEL: &str = "<think>36-51=94 so 49. A 49 yes. B 48 no.</think>So A.";
+const GOOD2: &str = "<think>63-15=84 so 48. A 49 vs 48 no. B 48 vs 48 yes.</think>So B.";
+const WRONG_LABEL: &str = "<think>36-51=94 so 49. A 49 vs 49 yes. B 48 vs 49 no.</think>So A.";
 const BROKEN: &str = "<think>48";
 
 #[test]
@@ -112,7 +112,7 @@ fn eq5_scores_every_sample_and_selection_keeps_the_best_that_passes_the_rules() 
     assert!(it.samples[2].rejection.is_none());
     assert_eq!(it.samples[3].rejection.as_ref().unwrap().reason, "structure");
     assert_eq!(it.selected, Some(2));
-    assert_eq!(it.rationale.as_deref(), Some("<think>63-15=84 so 48. A 49 no. B 48 yes.</think><answer>B</answer>"));
+    assert_eq!(it.rationale.as_deref(), Some("<think>63-15=84 so 48. A 49 vs 48 no. B 48 vs 48 yes.</think><answer>B</answer>"));
 }
 
 #[test]
@@ -144,7 +144,7 @@ fn pseudo_labels_take_the_majority_and_its_mean_probability() {
     let mut p = pair();
     p.label = None;
     let judge = text(&f.judge_prompt(&p));
-    let z = |l: &str| format!("<think>36-51=84 so 48. A 49 no. B 48 yes.</think><answer>{l}</answer>");
+    let z = |l: &str| format!("<think>36-51=84 so 48. A 49 vs 48 no. B 48 vs 48 yes.</think><answer>{l}</answer>");
     let b = Scripted {
         generations: HashMap::from([(judge, vec![z("B"), z("A"), "<think>cut".to_string()])]),
         served: Mutex::new(HashMap::new()),

@@ -110,7 +110,7 @@ pub fn rationale(p: &Problem, va: u32, vb: u32) -> String {
     let c = p.answer();
     let yes = |v: u32| if v == c { "yes" } else { "no" };
     let label = if va == c { "A" } else { "B" };
-    format!("{THINK}{} so {c}. A {va} {}. B {vb} {}.{THINK_END}{ANSWER}{label}{ANSWER_END}", p.work(), yes(va), yes(vb))
+    format!("{THINK}{} so {c}. A {va} vs {c} {}. B {vb} vs {c} {}.{THINK_END}{ANSWER}{label}{ANSWER_END}", p.work(), yes(va), yes(vb))
 }
 
 /// Short openings people write before working a problem; their varying length keeps the
@@ -381,7 +381,7 @@ mod tests {
         for p in all_problems() {
             assert!(!p.wrong_answers().is_empty());
         }
-        assert!(computation_correct("63-15?", "<think>36-51=84 so 48. A 49 no. B 48 yes.</think>So B."));
-        assert!(!computation_correct("63-15?", "<think>36-51=94 so 49. A 49 yes. B 48 no.</think>So A."));
+        assert!(computation_correct("63-15?", "<think>36-51=84 so 48. A 49 vs 48 no. B 48 vs 48 yes.</think>So B."));
+        assert!(!computation_correct("63-15?", "<think>36-51=94 so 49. A 49 vs 49 yes. B 48 vs 49 no.</think>So A."));
     }
 }

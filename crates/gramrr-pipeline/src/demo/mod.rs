@@ -39,7 +39,7 @@ use crate::run::{RunDir, StageStatus};
 use crate::store::read_items;
 use crate::synth::SynthItem;
 use domain::{computation_correct, Domain, DomainSizes};
-use report::{Accuracy, ProofSelection, PseudoLabelReport, Report};
+use report::{Accuracy, ProofSelection, PseudoLabelReport, RationaleQuality, Report};
 
 /// How big a demo to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,14 +152,14 @@ impl DemoConfig {
                 votes: 3,
                 temperature: 0.8,
                 top_p: 1.0,
-                max_new_tokens: 64,
+                max_new_tokens: 72,
                 threshold: 0.9,
                 retrain_from: RetrainFrom::Previous,
                 chunk: 160,
                 train: tc(steps[4], 1e-3, bs, 0.1),
             },
             final_tune: tc(steps[5], 5e-4, bs / 2, 0.1),
-            synthesis: SynthesisConfig { k: 4, temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 64, chunk: 128 },
+            synthesis: SynthesisConfig { k: 4, temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 72, chunk: 128 },
             engine: EngineConfig { device: "cpu".into(), dtype: "f32".into(), batch_size: 512, max_batch_tokens: 65_536, workers: DEMO_WORKERS },
             max_chars: 160,
         }
@@ -343,6 +343,39 @@ fn proof_selection(run: &RunDir, pairs: &[PreferencePair]) -> Result<ProofSelect
     Ok(s)
 }
 
+/// Step-by-step quality of each evaluated model's test rationales (see [`RationaleQuality`]).
+fn rationale_quality(run: &RunDir, stages: &[(String, String)], pairs: &[PreferencePair]) -> Result<Vec<RationaleQuality>> {
+    use crate::format::compact::{parse_body, THINK, THINK_END};
+    let question: HashMap<&str, String> = pairs.iter().map(|p| (p.id.as_str(), p.prompt.as_text())).collect();
+    let mut out = Vec::new();
+    for (stage, model) in stages {
+        let path = run.stage_dir(&format!("eval/{stage}")).join("predictions.jsonl");
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let (mut n, mut comp, mut cons, mut follows) = (0usize, 0usize, 0usize, 0usize);
+        for (i, line) in text.lines().enumerate() {
+            let p: crate::eval::Prediction = serde_json::from_str(line)
+                .map_err(|e| PipelineError::stage("demo", format!("{}:{}: {e}", path.display(), i + 1)))?;
+            n += 1;
+            comp += question.get(p.id.as_str()).is_some_and(|q| computation_correct(q, &p.text)) as usize;
+            let body = p.text.find(THINK).and_then(|s| {
+                let rest = &p.text[s + THINK.len()..];
+                rest.find(THINK_END).map(|e| &rest[..e])
+            });
+            let Some(b) = body.and_then(|b| parse_body(b).ok()) else { continue };
+            cons += b.judged.iter().all(|(quote, yes, _)| *yes == (*quote == b.result)) as usize;
+            let yes: Vec<Label> = [Label::A, Label::B].into_iter().zip(&b.judged).filter(|(_, j)| j.1).map(|(l, _)| l).collect();
+            follows += (yes.len() == 1 && p.label == Some(yes[0])) as usize;
+        }
+        out.push(RationaleQuality {
+            model: model.clone(),
+            computation_correct: pct(comp, n),
+            verdicts_consistent: pct(cons, n),
+            label_follows_verdicts: pct(follows, n),
+        });
+    }
+    Ok(out)
+}
+
 /// Percent of `pairs`' questions the pretrained backbone works out right, greedily.
 fn backbone_arithmetic(p: &Pipeline, pairs: &[PreferencePair]) -> Result<f64> {
     let dir = p.run.stage_dir("backbone").join("model");
@@ -403,6 +436,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<Report> {
         pseudo_labels: pseudo_report(&p.run, m, &truth)?,
         proof_selection: proof_selection(&p.run, &domain.labeled)?,
         backbone_arithmetic: backbone_arithmetic(&p, &domain.test)?,
+        rationale_quality: Vec::new(),
         seconds: t0.elapsed().as_secs_f64(),
         seed: opts.seed,
         size: opts.size.as_str().into(),
@@ -412,6 +446,11 @@ pub fn run_demo(opts: &DemoOptions) -> Result<Report> {
         targets: vec![],
         config: serde_json::to_value(&cfg).expect("serializes"),
     };
+    let mut evaluated: Vec<(String, String)> = vec![("baseline".into(), "vanilla RM".into()), ("rm".into(), "GRAM-R² initial".into())];
+    evaluated.extend((1..=m).map(|i| (format!("iter{i}"), format!("self-training {i}"))));
+    evaluated.push(("final".into(), "GRAM-R² final".into()));
+    evaluated.push(("control".into(), "control (extra steps)".into()));
+    report.rationale_quality = rationale_quality(&p.run, &evaluated, &domain.test)?;
     for (name, r) in &p.run.manifest.stages {
         if r.status == StageStatus::Done {
             report.stage_times.push((name.clone(), r.seconds));
@@ -426,4 +465,51 @@ pub fn run_demo(opts: &DemoOptions) -> Result<Report> {
     }
     note(format!("demo finished in {:.0}s: {}", report.seconds, out.join("report.md").display()));
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rationale_quality_separates_computation_comparison_and_label() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::open(tmp.path(), json!({}), false).unwrap();
+        let dir = run.stage_dir("eval/rm");
+        std::fs::create_dir_all(&dir).unwrap();
+        let pair = |id: &str| PreferencePair {
+            id: id.into(),
+            prompt: gramrr_data::Conversation::Text("63-15?".into()),
+            response_a: "49".into(),
+            response_b: "48".into(),
+            label: Some(Label::B),
+            rationale: None,
+            metadata: Default::default(),
+        };
+        let texts = [
+            // All right.
+            ("1", "<think>36-51=84 so 48. A 49 vs 48 no. B 48 vs 48 yes.</think><answer>B</answer>", Some(Label::B)),
+            // Right computation, a verdict that contradicts it.
+            ("2", "<think>36-51=84 so 48. A 49 vs 48 yes. B 48 vs 48 yes.</think><answer>A</answer>", Some(Label::A)),
+            // Wrong computation, consistent verdicts, a label against them.
+            ("3", "<think>36-51=94 so 49. A 49 vs 49 yes. B 48 vs 49 no.</think><answer>B</answer>", Some(Label::B)),
+            // Unparseable.
+            ("4", "<think>36", None),
+        ];
+        let mut buf = String::new();
+        for (id, text, label) in texts {
+            let p = crate::eval::Prediction { id: id.into(), label, truth: Label::B, text: text.into() };
+            buf.push_str(&serde_json::to_string(&p).unwrap());
+            buf.push('\n');
+        }
+        std::fs::write(dir.join("predictions.jsonl"), buf).unwrap();
+        let pairs: Vec<PreferencePair> = ["1", "2", "3", "4"].into_iter().map(pair).collect();
+        let stages = [("rm".to_string(), "initial".to_string()), ("missing".to_string(), "skipped".to_string())];
+        let q = rationale_quality(&run, &stages, &pairs).unwrap();
+        assert_eq!(q.len(), 1, "a stage without predictions is left out");
+        assert_eq!(q[0].model, "initial");
+        assert_eq!(q[0].computation_correct, 50.0);
+        assert_eq!(q[0].verdicts_consistent, 50.0);
+        assert_eq!(q[0].label_follows_verdicts, 25.0);
+    }
 }

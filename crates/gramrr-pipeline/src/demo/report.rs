@@ -59,6 +59,20 @@ pub struct ProofSelection {
     pub pairs_passing: usize,
 }
 
+/// What a reward model's test rationales get right, step by step (percent of test pairs): it
+/// shows where a weak model fails, in the computation or in the comparison after it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RationaleQuality {
+    /// The stage's name in `accuracy.png` and the tables.
+    pub model: String,
+    /// The worked steps and the stated result are right.
+    pub computation_correct: f64,
+    /// Both verdicts say `yes` exactly where the quote equals the model's own stated result.
+    pub verdicts_consistent: f64,
+    /// The final label is the response judged `yes` (exactly one `yes`).
+    pub label_follows_verdicts: f64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub accuracy: Accuracy,
@@ -67,6 +81,9 @@ pub struct Report {
     /// Percent of held-out test questions the pretrained backbone works out right (greedy,
     /// prompt `Q: 63-15? `): how capable the stand-in for a pretrained LLM is.
     pub backbone_arithmetic: f64,
+    /// Each reward model's test rationales, step by step.
+    #[serde(default)]
+    pub rationale_quality: Vec<RationaleQuality>,
     /// Wall time of the invocation that finished the run.
     pub seconds: f64,
     pub seed: u64,
@@ -150,7 +167,18 @@ impl Report {
         for (name, acc) in self.stages() {
             s.push_str(&format!("| {name} | {acc:.1} |\n"));
         }
-        s.push_str("\n![accuracy by stage](accuracy.png)\n\n## Pseudo-labels per self-training iteration\n\n");
+        s.push_str("\n![accuracy by stage](accuracy.png)\n\n");
+        if !self.rationale_quality.is_empty() {
+            s.push_str("## The test rationales, step by step (% of test pairs)\n\n| model | computation right | verdicts match its own result | label follows the verdicts |\n|---|---|---|---|\n");
+            for q in &self.rationale_quality {
+                s.push_str(&format!(
+                    "| {} | {:.1} | {:.1} | {:.1} |\n",
+                    q.model, q.computation_correct, q.verdicts_consistent, q.label_follows_verdicts
+                ));
+            }
+            s.push('\n');
+        }
+        s.push_str("## Pseudo-labels per self-training iteration\n\n");
         s.push_str("| iteration | pairs | above threshold | kept (after rules) | accuracy, all | accuracy, above threshold | accuracy, kept |\n|---|---|---|---|---|---|---|\n");
         for p in &self.pseudo_labels {
             s.push_str(&format!(

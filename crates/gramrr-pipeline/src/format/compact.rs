@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! judge prompt   A: It is 49.\nB: **48**\nQ: 63-15?␠
-//! rationale z    <think>36-51=84 so 48. A 49 no. B 48 yes.</think><answer>B</answer>
+//! rationale z    <think>36-51=84 so 48. A 49 vs 48 no. B 48 vs 48 yes.</think><answer>B</answer>
 //! prover prompt  A: It is 49.\nB: **48**\nClaim B.\nQ: 63-15?␠
-//! proof ẑ        <think>36-51=84 so 48. A 49 no. B 48 yes.</think>So B.
+//! proof ẑ        <think>36-51=84 so 48. A 49 vs 48 no. B 48 vs 48 yes.</think>So B.
 //! ```
 //!
 //! The question comes last in both prompts, so the worked steps follow it exactly as in the
@@ -16,8 +16,12 @@
 //! question and the work costs it its arithmetic — and closes by restating it. Both carry the
 //! same body, so each maps to the other and back unchanged.
 //!
-//! The body is `WORK so RESULT. A QUOTE VERDICT. B QUOTE VERDICT.` with VERDICT `yes` or `no`:
-//! the reasoning, the result it reaches, and each response's answer with a judgment. Rule checks
+//! The body is `WORK so RESULT. A QUOTE vs RESULT VERDICT. B QUOTE vs RESULT VERDICT.` with
+//! VERDICT `yes` or `no`: the reasoning, the result it reaches, and each response's answer set
+//! beside the result and judged. Restating the result next to each quote puts the two numbers a
+//! few characters apart, so the verdict is a comparison of neighbours: with the result only at
+//! the end of the work, the demo's reward models quoted both answers right but put `yes` on the
+//! wrong one about as often as on the right one. Rule checks
 //! use only the pair and the proof, never an answer key: the structure, the length, the label,
 //! whether each quote is what its response says, whether the verdict words support the label,
 //! whether the quote judged `yes` is the stated result (and the `no` one is not), and, when the
@@ -60,6 +64,8 @@ pub struct Body {
     pub result: String,
     /// (quote, verdict is "yes", byte span of the verdict word) for A, then B.
     pub judged: [(String, bool, (usize, usize)); 2],
+    /// The result as restated beside each quote (A, then B).
+    pub restated: [String; 2],
 }
 
 fn label_of(s: &str) -> Option<Label> {
@@ -70,22 +76,24 @@ fn label_of(s: &str) -> Option<Label> {
     }
 }
 
-/// `QUOTE VERDICT` → (quote, yes?, offset of the verdict in `s`).
-fn judged(s: &str) -> Result<(String, bool, usize), String> {
-    let sp = s.rfind(' ').ok_or_else(|| format!("{s:?}: expected \"QUOTE yes\" or \"QUOTE no\""))?;
-    let (quote, verdict) = (&s[..sp], &s[sp + 1..]);
+/// `QUOTE vs RESULT VERDICT` → (quote, restated result, yes?, offset of the verdict in `s`).
+fn judged(s: &str) -> Result<(String, String, bool, usize), String> {
+    let sp = s.rfind(' ').ok_or_else(|| format!("{s:?}: expected \"QUOTE vs RESULT yes\" or \"… no\""))?;
+    let (compared, verdict) = (&s[..sp], &s[sp + 1..]);
     let yes = match verdict {
         "yes" => true,
         "no" => false,
         v => return Err(format!("verdict {v:?} is neither \"yes\" nor \"no\"")),
     };
+    let vs = compared.rfind(" vs ").ok_or_else(|| format!("{compared:?}: expected \"QUOTE vs RESULT\""))?;
+    let (quote, restated) = (&compared[..vs], &compared[vs + 4..]);
     if quote.is_empty() {
         return Err("empty quote".into());
     }
-    Ok((quote.to_string(), yes, sp + 1))
+    Ok((quote.to_string(), restated.to_string(), yes, sp + 1))
 }
 
-/// Parses `WORK so RESULT. A QUOTE VERDICT. B QUOTE VERDICT.`
+/// Parses `WORK so RESULT. A QUOTE vs RESULT VERDICT. B QUOTE vs RESULT VERDICT.`
 pub fn parse_body(body: &str) -> Result<Body, String> {
     let b_at = body.rfind(". B ").ok_or("no \". B \" judgment")?;
     let b_part = body[b_at + 4..].strip_suffix('.').ok_or("the body does not end with \".\"")?;
@@ -98,14 +106,15 @@ pub fn parse_body(body: &str) -> Result<Body, String> {
     if result.is_empty() {
         return Err("empty result".into());
     }
-    let (qa, ya, oa) = judged(a_part)?;
-    let (qb, yb, ob) = judged(b_part)?;
+    let (qa, ra, ya, oa) = judged(a_part)?;
+    let (qb, rb, yb, ob) = judged(b_part)?;
     let (sa, sb) = (a_at + 4 + oa, b_at + 4 + ob);
     let word = |yes: bool| if yes { 3 } else { 2 };
     Ok(Body {
         work: work.to_string(),
         result: result.to_string(),
         judged: [(qa, ya, (sa, sa + word(ya))), (qb, yb, (sb, sb + word(yb)))],
+        restated: [ra, rb],
     })
 }
 
@@ -254,6 +263,12 @@ impl PairFormat for CompactFormat {
                 format!("the verdicts do not say {} yes and {} no", target.as_str(), target.flipped().as_str()),
             ));
         }
+        if let Some(r) = b.restated.iter().find(|r| **r != b.result) {
+            return Err(RuleRejection::new(
+                "inconsistent",
+                format!("result {:?}, but a judgment compares with {r:?}", b.result),
+            ));
+        }
         if win.0 != b.result || lose.0 == b.result {
             return Err(RuleRejection::new(
                 "inconsistent",
@@ -279,8 +294,8 @@ impl PairFormat for CompactFormat {
 mod tests {
     use super::*;
 
-    const Z: &str = "<think>36-51=84 so 48. A 49 no. B 48 yes.</think><answer>B</answer>";
-    const P: &str = "<think>36-51=84 so 48. A 49 no. B 48 yes.</think>So B.";
+    const Z: &str = "<think>36-51=84 so 48. A 49 vs 48 no. B 48 vs 48 yes.</think><answer>B</answer>";
+    const P: &str = "<think>36-51=84 so 48. A 49 vs 48 no. B 48 vs 48 yes.</think>So B.";
 
     fn pair() -> PreferencePair {
         PreferencePair {
@@ -331,11 +346,17 @@ mod tests {
         assert_eq!(reason(P, Label::A), "label_mismatch");
         assert_eq!(reason("<think>so</think>So B.", Label::B), "structure");
         assert_eq!(reason(&P.replace("So B.", "So A."), Label::B), "label_mismatch");
-        assert_eq!(reason(&P.replace("B 48 yes", "B 48 no"), Label::B), "unsupported");
+        assert_eq!(reason(&P.replace("B 48 vs 48 yes", "B 48 vs 48 no"), Label::B), "unsupported");
         assert_eq!(reason(&P.replace("so 48", "so 49"), Label::B), "inconsistent");
+        // The result restated beside a quote must be the result.
+        assert_eq!(reason(&P.replace("A 49 vs 48", "A 49 vs 47"), Label::B), "inconsistent");
+        assert_eq!(reason(&P.replace("A 49 vs 48", "A 49 48"), Label::B), "structure");
         assert_eq!(reason(&P.replace("=84", "=94"), Label::B), "inconsistent");
         assert_eq!(reason(&P.replace("A 49", "A 4"), Label::B), "misquote");
-        assert_eq!(reason(&P.replace("B 48 yes", "B 47 yes").replace("so 48", "so 47").replace("=84", "=74"), Label::B), "misquote");
+        assert_eq!(
+            reason(&P.replace("B 48 vs 48 yes", "B 47 vs 47 yes").replace("so 48", "so 47").replace("vs 48", "vs 47").replace("=84", "=74"), Label::B),
+            "misquote"
+        );
         let long = CompactFormat { max_chars: Some(20), ..CompactFormat::default() };
         assert_eq!(long.check_proof(&p, P, Label::B).unwrap_err().reason, "too_long");
     }
@@ -343,7 +364,7 @@ mod tests {
     #[test]
     fn continuation_and_verdict() {
         let f = CompactFormat::default();
-        assert_eq!(f.answer_continuation(Z).unwrap(), "<think>36-51=84 so 48. A 49 no. B 48 yes.</think><answer>");
+        assert_eq!(f.answer_continuation(Z).unwrap(), "<think>36-51=84 so 48. A 49 vs 48 no. B 48 vs 48 yes.</think><answer>");
         assert_eq!(f.parse_verdict(Z), Ok(Label::B));
         assert_eq!(f.parse_verdict("<think>x").unwrap_err().kind(), "no_answer");
     }
