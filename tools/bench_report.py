@@ -137,6 +137,12 @@ def demo(dirs, _unused, out):
         rows.append(line(f"pseudo-labels, iteration {i + 1}: accuracy of all majority labels", [r["pseudo_labels"][i]["accuracy_all"] for r in reps]))
         rows.append(line(f"pseudo-labels, iteration {i + 1}: accuracy of the kept ones", [r["pseudo_labels"][i]["accuracy_kept"] for r in reps]))
         rows.append(line(f"pseudo-labels, iteration {i + 1}: pairs kept", [r["pseudo_labels"][i]["kept"] for r in reps], "{:.0f}"))
+    # Step by step: is the reward model's computation right, and do its verdicts match it?
+    for model in ["GRAM-R² initial", f"self-training {m}", "control (extra steps)"]:
+        q = [next((x for x in r.get("rationale_quality", []) if x["model"] == model), None) for r in reps]
+        if all(q):
+            rows.append(line(f"{model}: test rationales with the computation right", [x["computation_correct"] for x in q]))
+            rows.append(line(f"{model}: test rationales whose verdicts match their own result", [x["verdicts_consistent"] for x in q]))
     rows += [
         line("proof selection: Eq. 5 pick has the right computation (%)", [r["proof_selection"]["eq5"] for r in reps]),
         line("proof selection: random pick has the right computation (%)", [r["proof_selection"]["random"] for r in reps]),

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod few_rows;
 pub mod fsutil;
 pub mod hub;
 pub mod init;

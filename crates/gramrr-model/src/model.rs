@@ -72,6 +72,15 @@ impl FrozenMatmul {
         let candle_core::Storage::Cpu(ws) = &*ws else {
             candle_core::bail!("frozen matmul: weight and input are on different devices")
         };
+        // A decoding step: gemm would pack all of W for a few rows (see few_rows.rs).
+        if m <= crate::few_rows::FEW_ROWS {
+            if let (CpuStorage::F32(xv), CpuStorage::F32(wv), Some((xa, xb)), Some((wa, wb))) =
+                (x, ws, xl.contiguous_offsets(), wl.contiguous_offsets())
+            {
+                let y = crate::few_rows::matmul_few_rows(&xv[xa..xb], &wv[wa..wb], m, n, k);
+                return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+            }
+        }
         let wt = wl.transpose(0, 1)?;
         let out = x.matmul(ws, (1, m, n, k), xl, &wt)?;
         Ok((out, Shape::from((m, n))))
@@ -185,7 +194,7 @@ impl Linear {
             }
             return Ok(y);
         }
-        let mut y = if self.frozen {
+        let mut y = if self.frozen || !self.weight.is_variable() {
             x.contiguous()?.apply_op1(FrozenMatmul { weight: self.weight.clone() })?
         } else {
             x.matmul(&self.weight.t()?)?
@@ -621,6 +630,10 @@ impl Decoder {
     /// hidden: (N, C) → logits (N, vocab)
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        if !w.is_variable() && hidden.device().is_cpu() && hidden.rank() == 2 {
+            // A constant weight (inference, LoRA): the frozen op, with its few-rows path.
+            return Ok(hidden.contiguous()?.apply_op1(FrozenMatmul { weight: w.clone() })?);
+        }
         Ok(hidden.matmul(&w.t()?)?)
     }
 
