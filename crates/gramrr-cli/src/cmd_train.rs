@@ -105,6 +105,12 @@ pub struct SftArgs {
     /// Batch sequences of similar length together (less padding).
     #[arg(long)]
     group_by_length: bool,
+    /// Pack records, in file order, into rows of up to --max-len tokens (language-model
+    /// pretraining: no padding). Each record keeps its loss weights and its prompt stays out
+    /// of the loss; later records in a row attend to earlier ones. Records with a label (label
+    /// loss) stay unpacked.
+    #[arg(long)]
+    pack: bool,
     /// Seed for data order, LoRA initialisation and dropout.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -256,6 +262,13 @@ fn sft(a: SftArgs) -> Result<()> {
             stats.skipped
         );
     }
+    let examples = if a.pack {
+        let rows = gramrr_train::pack_examples(&examples, a.max_len);
+        eprintln!("{}: {} records packed into {} rows of up to {} tokens", a.data.display(), examples.len(), rows.len(), a.max_len);
+        rows
+    } else {
+        examples
+    };
     let decoder = load_decoder(&dir, &device).with_context(|| format!("loading {}", dir.display()))?;
     let out = TrainOutput { dir: a.out.clone(), base_model_dir: Some(dir.clone()), plot: !a.no_plot };
     let pb = indicatif::ProgressBar::new(1);

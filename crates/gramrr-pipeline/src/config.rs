@@ -177,6 +177,9 @@ pub struct TrainConfig {
     /// to the other target tokens. 1 is the paper's plain cross entropy (Eq. 2 / Eq. 4).
     pub decision_weight: f32,
     pub group_by_length: bool,
+    /// Pack examples into rows of up to `max_len` tokens (pretraining-style, no padding; see
+    /// `gramrr_train::pack_examples`).
+    pub pack: bool,
     /// Checkpoint every N steps so a killed stage resumes (0: only at the end).
     pub save_every: usize,
     /// Keep the resumable training checkpoints after a stage finishes.
@@ -206,6 +209,7 @@ impl Default for TrainConfig {
             max_len: 2048,
             decision_weight: 1.0,
             group_by_length: true,
+            pack: false,
             save_every: 200,
             keep_checkpoints: false,
             lora: None,

@@ -167,7 +167,10 @@ impl Pipeline {
         let dir = self.run.begin(name, &key, inputs)?;
         note(format!("{name}: training"));
         let tok = TextTokenizer::from_dir(init)?;
-        let ex = examples(self, &tok)?;
+        let mut ex = examples(self, &tok)?;
+        if tc.pack {
+            ex = gramrr_train::pack_examples(&ex, tc.max_len);
+        }
         if ex.is_empty() {
             return Err(PipelineError::stage(name, "no training examples: its data sets are empty (for synthesized data: no proof passed the rule filters)"));
         }

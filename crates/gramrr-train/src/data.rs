@@ -148,6 +148,38 @@ pub fn fit_length(mut ex: SftExample, max_len: usize, truncate: Truncate) -> Opt
     }
 }
 
+/// Packs examples, in order, into rows of at most `max_len` tokens, as language-model
+/// pretraining does (TRL's `packing`): padding in a batch of mixed lengths is compute spent on
+/// nothing, and packed rows are all about the same length. Each example keeps its own loss
+/// weights and its prompt stays out of the loss; a row's later examples see the earlier ones
+/// (no attention reset), as in GPT-style packing. Examples that carry a label for the label loss
+/// (predicted at the end of their prompt) and examples already longer than `max_len` are left
+/// in rows of their own.
+pub fn pack_examples(examples: &[SftExample], max_len: usize) -> Vec<SftExample> {
+    let mut rows: Vec<SftExample> = Vec::new();
+    let mut open: Option<SftExample> = None;
+    for ex in examples {
+        if ex.label.is_some() || ex.len() >= max_len {
+            rows.push(ex.clone());
+            continue;
+        }
+        match open.as_mut() {
+            Some(row) if row.len() + ex.len() <= max_len => {
+                row.completion_ids.extend(&ex.prompt_ids);
+                row.completion_weights.extend(std::iter::repeat_n(0.0, ex.prompt_ids.len()));
+                row.completion_ids.extend(&ex.completion_ids);
+                row.completion_weights.extend(&ex.completion_weights);
+            }
+            _ => {
+                rows.extend(open.take());
+                open = Some(ex.clone());
+            }
+        }
+    }
+    rows.extend(open);
+    rows
+}
+
 fn label_ref(v: Option<&Value>) -> std::result::Result<Option<LabelRef>, String> {
     match v {
         None | Some(Value::Null) => Ok(None),
@@ -373,5 +405,32 @@ mod tests {
         let mut ex = SftExample::new(vec![], vec![1, 2, 3]);
         ex.completion_weights = vec![5.0, 1.0, 2.0];
         assert_eq!(ex.target_weight(), 3.0);
+    }
+
+    #[test]
+    fn packing_concatenates_in_order_and_keeps_every_weight() {
+        let mut a = SftExample::new(vec![1, 2], vec![3, 4]);
+        a.completion_weights = vec![1.0, 10.0];
+        let b = SftExample::new(vec![5], vec![6, 7]);
+        let c = SftExample::new(vec![8, 9], vec![10]);
+        let long = SftExample::new(vec![1; 6], vec![2; 4]);
+        let mut labeled = SftExample::new(vec![11], vec![12]);
+        labeled.label = Some(0);
+        let rows = pack_examples(&[a.clone(), b.clone(), c.clone(), long.clone(), labeled.clone(), b.clone()], 8);
+        assert_eq!(rows.len(), 4, "{rows:?}");
+        // a + b fill 7 of 8 tokens; c does not fit after them.
+        assert_eq!(rows[0].prompt_ids, vec![1, 2]);
+        assert_eq!(rows[0].completion_ids, vec![3, 4, 5, 6, 7]);
+        assert_eq!(rows[0].completion_weights, vec![1.0, 10.0, 0.0, 1.0, 1.0]);
+        // The target weight of a row is the sum of its examples' (the prompt of b is out of it).
+        assert_eq!(rows[0].target_weight(), a.target_weight() + 2.0);
+        assert_eq!(rows[1], long, "an example at max_len stays alone");
+        assert_eq!(rows[2], labeled, "label-loss examples are not packed");
+        assert_eq!(rows[3].prompt_ids, vec![8, 9]);
+        assert_eq!(rows[3].completion_ids, vec![10, 5, 6, 7], "c, then the last b");
+        assert_eq!(rows[3].completion_weights, vec![1.0, 0.0, 1.0, 1.0]);
+        let tokens = |v: &[SftExample]| v.iter().map(|e| e.len()).sum::<usize>();
+        let input = [a, b.clone(), c, long, labeled, b];
+        assert_eq!(tokens(&rows), tokens(&input), "no token lost or added");
     }
 }
