@@ -3,7 +3,9 @@
 //! generation with a KV cache, and label-token probabilities. The rest of gramrr reaches it
 //! only through the [`backend::Backend`] trait.
 
+pub mod attention;
 pub mod backend;
+pub mod blas;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -47,6 +49,8 @@ pub fn tune_threads() {
         // At process start no other thread can be reading the environment.
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    // Also before any thread: loading the BLAS may set its environment variables.
+    blas::init();
 }
 
 /// One single-threaded rayon pool per data-parallel worker, so that each worker's kernels stay
