@@ -526,9 +526,9 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x, ctx)?.silu()?;
+        let gate = self.gate_proj.forward(x, ctx)?;
         let up = self.up_proj.forward(x, ctx)?;
-        self.down_proj.forward(&(gate * up)?, ctx)
+        self.down_proj.forward(&ops::swiglu(&gate, &up)?, ctx)
     }
 }
 

@@ -245,7 +245,7 @@ impl CustomOp3 for RopeOp {
 /// e^x for x ≤ 0 (Cephes' expf polynomial after reduction by ln 2; relative error ≈ 1e-7),
 /// branch-free so that loops over it vectorise. Below −87 it flushes towards zero.
 #[inline(always)]
-pub(crate) fn exp_f32(x: f32) -> f32 {
+pub fn exp_f32(x: f32) -> f32 {
     let x = x.max(-87.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
@@ -257,6 +257,135 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     p = p * r + 5.000_000_1e-1;
     let e = p * r * r + r + 1.0;
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU: silu(gate) · up, the MLP's activation, in one pass.
+//
+// As two candle ops the graph keeps silu(gate) as well as gate and up (12 MB per layer for two
+// 512-token rows of Qwen3-0.6B); the backward needs only gate and up.
+
+/// σ(x), from e^(−|x|) so that the exponential never overflows.
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    let e = exp_f32(-x.abs());
+    let s = 1.0 / (1.0 + e);
+    if x >= 0.0 {
+        s
+    } else {
+        e * s
+    }
+}
+
+pub struct SwiGluOp;
+
+fn swiglu_fwd_rows(g: &[f32], u: &[f32], o: &mut [f32]) {
+    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+        *o = g * sigmoid(g) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn swiglu_fwd_rows_avx512(g: &[f32], u: &[f32], o: &mut [f32]) {
+    swiglu_fwd_rows(g, u, o)
+}
+
+/// d gate and d up of silu(gate) · up, side by side in `o` (2 × len).
+fn swiglu_bwd_rows(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    for i in 0..g.len() {
+        let s = sigmoid(g[i]);
+        let silu = g[i] * s;
+        du[i] = dy[i] * silu;
+        dg[i] = dy[i] * u[i] * (s + silu * (1.0 - s));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn swiglu_bwd_rows_avx512(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    swiglu_bwd_rows(g, u, dy, dg, du)
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[allow(unreachable_code)]
+    false
+}
+
+impl CustomOp2 for SwiGluOp {
+    fn name(&self) -> &'static str {
+        "gramrr-swiglu"
+    }
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = f32_slice(gs, gl, "swiglu gate")?;
+        let u = f32_slice(us, ul, "swiglu up")?;
+        if g.len() != u.len() {
+            candle_core::bail!("swiglu: gate {:?} and up {:?} differ", gl.dims(), ul.dims())
+        }
+        let mut out = vec![0f32; g.len()];
+        let avx = has_avx512();
+        out.par_chunks_mut(PAR_MIN).zip(g.par_chunks(PAR_MIN)).zip(u.par_chunks(PAR_MIN)).for_each(|((o, g), u)| {
+            #[cfg(target_arch = "x86_64")]
+            if avx {
+                // SAFETY: the CPU has AVX-512F (checked above).
+                return unsafe { swiglu_fwd_rows_avx512(g, u, o) };
+            }
+            let _ = avx;
+            swiglu_fwd_rows(g, u, o)
+        });
+        Ok((CpuStorage::F32(out), gl.shape().clone()))
+    }
+    fn bwd(&self, gate: &Tensor, up: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = gate.apply_op2_no_bwd(&dy.contiguous()?, &SwiGluBwd { up: up.clone() })?;
+        let n = gate.elem_count();
+        let dg = both.narrow(0, 0, n)?.reshape(gate.shape())?;
+        let du = both.narrow(0, n, n)?.reshape(up.shape())?;
+        Ok((Some(dg), Some(du)))
+    }
+}
+
+struct SwiGluBwd {
+    up: Tensor,
+}
+
+impl CustomOp2 for SwiGluBwd {
+    fn name(&self) -> &'static str {
+        "gramrr-swiglu-bwd"
+    }
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, ds: &CpuStorage, dl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = f32_slice(gs, gl, "swiglu_bwd gate")?;
+        let dy = f32_slice(ds, dl, "swiglu_bwd grad")?;
+        let (us, ul) = self.up.storage_and_layout();
+        let candle_core::Storage::Cpu(us) = &*us else { candle_core::bail!("swiglu_bwd: up is not on the CPU") };
+        let u = f32_slice(us, ul, "swiglu_bwd up")?;
+        let n = g.len();
+        let mut out = vec![0f32; 2 * n];
+        let (dg, du) = out.split_at_mut(n);
+        let avx = has_avx512();
+        dg.par_chunks_mut(PAR_MIN)
+            .zip(du.par_chunks_mut(PAR_MIN))
+            .zip(g.par_chunks(PAR_MIN).zip(u.par_chunks(PAR_MIN)).zip(dy.par_chunks(PAR_MIN)))
+            .for_each(|((dg, du), ((g, u), dy))| {
+                #[cfg(target_arch = "x86_64")]
+                if avx {
+                    // SAFETY: the CPU has AVX-512F (checked above).
+                    return unsafe { swiglu_bwd_rows_avx512(g, u, dy, dg, du) };
+                }
+                let _ = avx;
+                swiglu_bwd_rows(g, u, dy, dg, du)
+            });
+        Ok((CpuStorage::F32(out), Shape::from(2 * n)))
+    }
+}
+
+/// silu(gate) · up, differentiable; fused on the CPU.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.device().is_cpu() && gate.dtype() == candle_core::DType::F32 && up.dtype() == candle_core::DType::F32 {
+        return gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGluOp);
+    }
+    gate.silu()? * up
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -421,6 +550,24 @@ mod tests {
         let b = Tensor::randn(0f32, 1.0, (1000, 256), &dev).unwrap();
         close(&linear(&a, &b).unwrap(), &a.matmul(&b.t().unwrap()).unwrap(), 1e-3);
         close(&matmul_detached(&b, &a.t().unwrap()).unwrap(), &b.matmul(&a.t().unwrap()).unwrap(), 1e-3);
+    }
+
+    #[test]
+    fn swiglu_matches_silu_times_up() {
+        let dev = Device::Cpu;
+        // Past ±88 as well, where a naive e^(−x) overflows.
+        let g0 = Tensor::randn(0f32, 4.0, (3, 40000), &dev).unwrap();
+        let g0 = Tensor::cat(&[&g0, &Tensor::new(&[[-100f32, 100.0, 0.0, -1e-3]], &dev).unwrap().broadcast_as((3, 4)).unwrap()], 1).unwrap();
+        let g = Var::from_tensor(&g0).unwrap();
+        let u = Var::from_tensor(&Tensor::randn(0f32, 1.0, g0.shape(), &dev).unwrap()).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, g0.shape(), &dev).unwrap();
+        let fused = swiglu(&g, &u).unwrap();
+        let comp = (g.silu().unwrap() * u.as_tensor()).unwrap();
+        close(&fused, &comp, 1e-4);
+        let gf = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (comp * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&g).unwrap(), gc.get(&g).unwrap(), 1e-4);
+        close(gf.get(&u).unwrap(), gc.get(&u).unwrap(), 1e-4);
     }
 
     /// Gradients of the fused ops equal those of the candle compositions they replace.
