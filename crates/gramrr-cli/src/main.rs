@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    tracing::info!("f32 matmuls use {}", gramrr_model::blas::describe());
     let cli = Cli::parse();
     match cli.command {
         Command::InitModel(a) => cmd_model::init_model(a),

@@ -3,7 +3,9 @@
 //! generation with a KV cache, and label-token probabilities. The rest of gramrr reaches it
 //! only through the [`backend::Backend`] trait.
 
+pub mod attention;
 pub mod backend;
+pub mod blas;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -24,11 +26,16 @@ pub use backend::{Backend, ChatMessage, Prompt};
 /// candle allocates a fresh buffer for every op result; with glibc's defaults every buffer
 /// over 128 KiB is a new `mmap`, and the kernel zeroes each page on first touch. Profiles of
 /// training showed a fifth of the time in page clearing. Raising the mmap and trim thresholds
-/// lets freed buffers be reused. Idempotent; call it once at start.
+/// lets freed buffers be reused. glibc caps the mmap threshold at 32 MiB, and larger buffers
+/// (logits, the embedding's gradient) were still fresh mappings each time: on the 2-core VM, a
+/// quarter of a 0.6B full fine-tuning step was the kernel clearing their pages. With mmap off
+/// they come from the heap and are reused as well (same peak RSS, 30% less CPU per step).
+/// Idempotent; call it once at start.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tunables; it is safe to call at any time.
     unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
@@ -47,6 +54,8 @@ pub fn tune_threads() {
         // At process start no other thread can be reading the environment.
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    // Also before any thread: loading the BLAS may set its environment variables.
+    blas::init();
 }
 
 /// One single-threaded rayon pool per data-parallel worker, so that each worker's kernels stay

@@ -62,7 +62,6 @@ struct FrozenMatmul {
 
 impl FrozenMatmul {
     fn fwd_storage(&self, x: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
         let (m, k) = xl.shape().dims2()?;
         let (n, k2) = self.weight.dims2()?;
         if k != k2 {
@@ -81,9 +80,7 @@ impl FrozenMatmul {
                 return Ok((CpuStorage::F32(y), Shape::from((m, n))));
             }
         }
-        let wt = wl.transpose(0, 1)?;
-        let out = x.matmul(ws, (1, m, n, k), xl, &wt)?;
-        Ok((out, Shape::from((m, n))))
+        ops::matmul_storage(x, xl, ws, &wl.transpose(0, 1)?)
     }
 }
 
@@ -112,7 +109,7 @@ impl CustomOp1 for FrozenMatmul {
     }
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         // (M, N) · (N, K) → (M, K)
-        Ok(Some(grad.matmul(&self.weight)?))
+        Ok(Some(ops::matmul_detached(grad, &self.weight)?))
     }
 }
 
@@ -138,7 +135,6 @@ impl CustomOp3 for FrozenLoraMatmul {
         b: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
         let (m, k) = xl.shape().dims2()?;
         let (r, k2) = al.shape().dims2()?;
         let (n, r2) = bl.shape().dims2()?;
@@ -146,8 +142,20 @@ impl CustomOp3 for FrozenLoraMatmul {
             candle_core::bail!("frozen lora matmul: x {:?}, A {:?}, B {:?} do not chain", xl.dims(), al.dims(), bl.dims())
         }
         let (out, _) = FrozenMatmul { weight: self.weight.clone() }.fwd_storage(x, xl)?; // (M, N)
-        let t = x.matmul(a, (1, m, r, k), xl, &al.transpose(0, 1)?)?; // (M, r)
-        let u = t.matmul(b, (1, m, n, r), &Layout::contiguous((m, r)), &bl.transpose(0, 1)?)?; // (M, N)
+        let (t, _) = ops::matmul_storage(x, xl, a, &al.transpose(0, 1)?)?; // (M, r)
+        let out = match (crate::blas::get(), out, &t, b, bl.contiguous_offsets()) {
+            (Some(blas), CpuStorage::F32(mut out), CpuStorage::F32(tv), CpuStorage::F32(bv), Some((b0, b1))) => {
+                // out += scale · t Bᵀ in the product itself, without an (M, N) temporary.
+                // SAFETY: t is (M, r), B is (N, r) contiguous at b0..b1, out is (M, N), all
+                // owned by this call.
+                unsafe {
+                    blas.sgemm(false, true, (m, n, r), self.scale as f32, (tv.as_ptr(), r), (bv[b0..b1].as_ptr(), r), 1.0, (out.as_mut_ptr(), n));
+                }
+                return Ok((CpuStorage::F32(out), Shape::from((m, n))));
+            }
+            (_, out, ..) => out,
+        };
+        let (u, _) = ops::matmul_storage(&t, &Layout::contiguous((m, r)), b, &bl.transpose(0, 1)?)?; // (M, N)
         let (CpuStorage::F32(mut out), CpuStorage::F32(u)) = (out, u) else {
             candle_core::bail!("frozen lora matmul: f32 only")
         };
@@ -163,11 +171,12 @@ impl CustomOp3 for FrozenLoraMatmul {
         _y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let gb = (g.matmul(b)? * self.scale)?; // (M, N)·(N, r) → (M, r)
-        let dx = (g.matmul(&self.weight)? + gb.matmul(a)?)?; // (M, K)
-        let da = gb.t()?.matmul(x)?; // (r, K)
-        let t = x.matmul(&a.t()?)?; // (M, r)
-        let db = (g.t()?.matmul(&t)? * self.scale)?; // (N, r)
+        let mm = ops::matmul_detached;
+        let gb = (mm(g, b)? * self.scale)?; // (M, N)·(N, r) → (M, r)
+        let dx = (mm(g, &self.weight)? + mm(&gb, a)?)?; // (M, K)
+        let da = mm(&gb.t()?, x)?; // (r, K)
+        let t = mm(x, &a.t()?)?; // (M, r)
+        let db = (mm(&g.t()?, &t)? * self.scale)?; // (N, r)
         Ok((Some(dx), Some(da), Some(db)))
     }
 }
@@ -197,14 +206,14 @@ impl Linear {
         let mut y = if self.frozen || !self.weight.is_variable() {
             x.contiguous()?.apply_op1(FrozenMatmul { weight: self.weight.clone() })?
         } else {
-            x.matmul(&self.weight.t()?)?
+            ops::linear(x, &self.weight)?
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
             let xd = ctx.dropout(x, l.dropout)?;
-            let delta = xd.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?; // (N, r) → (N, out)
+            let delta = ops::linear(&ops::linear(&xd, &l.a)?, &l.b)?; // (N, r) → (N, out)
             y = (y + (delta * l.scale)?)?;
         }
         Ok(y)
@@ -452,6 +461,14 @@ impl Attention {
             Some(n) => n.forward(&k, ctx.train)?,
             None => k,
         };
+        let scale = 1.0 / (d as f64).sqrt();
+        if mask.is_none() && cache.is_none() && crate::attention::applies(&q) {
+            // Scoring and training: causality alone, fused, on (B, T, heads, D) as they are.
+            let q = apply_rope(&q, &rope.0, &rope.1)?;
+            let k = apply_rope(&k, &rope.0, &rope.1)?;
+            let out = crate::attention::causal_attention(&q, &k, &v, scale as f32)?; // (B, T, H, D)
+            return self.o_proj.forward(&out.reshape((b * t, h * d))?, ctx);
+        }
         let q = apply_rope(&q, &rope.0, &rope.1)?.transpose(1, 2)?; // (B, H, T, D)
         let k = apply_rope(&k, &rope.0, &rope.1)?.transpose(1, 2)?.contiguous()?; // (B, K, T, D)
         let v = v.transpose(1, 2)?.contiguous()?; // (B, K, T, D)
@@ -472,8 +489,7 @@ impl Attention {
         // head are stacked along the time axis, so one batched matmul serves the whole group.
         let rep = h / kh;
         let q = q.contiguous()?.reshape((b, kh, rep * t, d))?; // (B, K, rep·T, D)
-        let scale = 1.0 / (d as f64).sqrt();
-        let scores = q.matmul(&k.t()?)?; // (B, K, rep·T, S)
+        let scores = ops::matmul(&q, &k.t()?)?; // (B, K, rep·T, S)
         let probs = match mask {
             // Padding: an explicit additive mask (B, 1, 1, T, S).
             Some(m) => {
@@ -483,7 +499,7 @@ impl Attention {
             // No padding among the keys: causality alone, fused into the softmax.
             None => scaled_softmax(&scores, scale, Some(ops::Causal { t, offset: s - t }), ctx.train)?,
         };
-        let out = probs.matmul(&v)?; // (B, K, rep·T, D)
+        let out = ops::matmul(&probs, &v)?; // (B, K, rep·T, D)
         let out = out.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b * t, h * d))?;
         self.o_proj.forward(&out, ctx)
     }
@@ -510,9 +526,9 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x, ctx)?.silu()?;
+        let gate = self.gate_proj.forward(x, ctx)?;
         let up = self.up_proj.forward(x, ctx)?;
-        self.down_proj.forward(&(gate * up)?, ctx)
+        self.down_proj.forward(&ops::swiglu(&gate, &up)?, ctx)
     }
 }
 
@@ -634,7 +650,7 @@ impl Decoder {
             // A constant weight (inference, LoRA): the frozen op, with its few-rows path.
             return Ok(hidden.contiguous()?.apply_op1(FrozenMatmul { weight: w.clone() })?);
         }
-        Ok(hidden.matmul(&w.t()?)?)
+        Ok(ops::linear(hidden, w)?)
     }
 
     /// Every parameter with its HF name, in checkpoint order. LoRA tensors are not included.

@@ -38,6 +38,9 @@ fn one() -> usize {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BenchTrainResult {
     pub framework: String,
+    /// Which GEMM the f32 matmuls used (`gramrr_model::blas::describe`).
+    #[serde(default)]
+    pub matmul: String,
     pub mode: String,
     pub options: BenchTrainOptions,
     pub threads: usize,
@@ -127,6 +130,7 @@ pub fn bench_train(model_dir: &Path, opts: &BenchTrainOptions) -> Result<BenchTr
     let tokens = (timed.len() * opts.batch_size * opts.seq_len) as f64;
     Ok(BenchTrainResult {
         framework: "gramrr (candle 0.11.1)".into(),
+        matmul: gramrr_model::blas::describe(),
         mode,
         options: opts.clone(),
         threads: rayon::current_num_threads(),

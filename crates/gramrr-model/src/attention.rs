@@ -1,0 +1,381 @@
+//! Causal grouped-query attention as one op, on the run-time BLAS (crate::blas).
+//!
+//! The composed path (scores = q·kᵀ, causal softmax, probs·v) materialises the (B, H, T, S)
+//! scores and probabilities, and candle's graph keeps both until the backward pass: 67 MB per
+//! layer for two 512-token rows of Qwen3-0.6B, 1.9 GB over 28 layers, more than any other
+//! activation. It also needs q, k and v transposed to head-major order and the output
+//! transposed back, four copies per layer. This op reads q (B, T, H, D) and k, v (B, S, K, D)
+//! in place (any strides with a unit last one), works on blocks of 128 query rows whose scores
+//! stay in L2, skips key blocks the causal mask hides, writes (B, T, H, D) for o_proj, and keeps
+//! nothing but its inputs for the backward, which recomputes the probabilities (one extra
+//! product of attention size, a few percent of a training step).
+//!
+//! Query `t` sees keys `j ≤ offset + t` (offset = S − T: cached positions before the new ones).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::blas::{Blas, SendPtr};
+use crate::ops::exp_f32;
+
+/// Query rows per block: 128 rows × 512 keys of f32 scores is 256 KiB, inside L2.
+const ROW_BLOCK: usize = 128;
+
+pub struct CausalAttention {
+    pub scale: f32,
+    pub offset: usize,
+}
+
+/// Whether the fused op can run here: f32 CPU tensors and a BLAS in use.
+pub fn applies(q: &Tensor) -> bool {
+    q.device().is_cpu() && q.dtype() == candle_core::DType::F32 && crate::blas::get().is_some()
+}
+
+/// q (B, T, H, D), k and v (B, S, K, D) → (B, T, H, D), differentiable.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    let unit_last = |t: &Tensor| if t.stride().last() == Some(&1) { Ok(t.clone()) } else { t.contiguous() };
+    let (t, s) = (q.dim(1)?, k.dim(1)?);
+    if s < t {
+        candle_core::bail!("causal attention: {s} keys for {t} queries")
+    }
+    q.apply_op3(&unit_last(k)?, &unit_last(v)?, CausalAttention { scale, offset: s - t })
+}
+
+/// One rank-4 operand seen as (batch, head) matrices of rows × D.
+#[derive(Clone, Copy)]
+struct Heads {
+    ptr: *const f32,
+    /// Element strides of batch, row (time) and head.
+    sb: usize,
+    sr: usize,
+    sh: usize,
+}
+
+impl Heads {
+    fn new<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(Self, &'a [f32])> {
+        let CpuStorage::F32(v) = s else { candle_core::bail!("attention {what}: expected f32") };
+        let st = l.stride();
+        if l.dims().len() != 4 || st[3] != 1 {
+            candle_core::bail!("attention {what}: expected rank 4 with a unit last stride, got {:?} / {st:?}", l.dims())
+        }
+        // SAFETY: start_offset is inside the storage for a non-empty layout (candle's invariant).
+        let ptr = unsafe { v.as_ptr().add(l.start_offset()) };
+        Ok((Self { ptr, sb: st[0], sr: st[1], sh: st[2] }, v))
+    }
+    /// Row `r` of head `h` of batch `b`.
+    fn at(&self, b: usize, r: usize, h: usize) -> *const f32 {
+        self.ptr.wrapping_add(b * self.sb + r * self.sr + h * self.sh)
+    }
+}
+
+// SAFETY: read-only views of storages that outlive the op call.
+unsafe impl Send for Heads {}
+unsafe impl Sync for Heads {}
+
+struct Dims {
+    b: usize,
+    t: usize,
+    s: usize,
+    h: usize,
+    kh: usize,
+    d: usize,
+}
+
+fn dims(ql: &Layout, kl: &Layout, vl: &Layout) -> Result<Dims> {
+    let (b, t, h, d) = ql.shape().dims4()?;
+    let (b2, s, kh, d2) = kl.shape().dims4()?;
+    if b != b2 || d != d2 || vl.dims() != kl.dims() || kh == 0 || h % kh != 0 {
+        candle_core::bail!("attention: q {:?}, k {:?}, v {:?} do not fit", ql.dims(), kl.dims(), vl.dims())
+    }
+    Ok(Dims { b, t, s, h, kh, d })
+}
+
+fn blas() -> Result<&'static Blas> {
+    crate::blas::get().ok_or_else(|| candle_core::Error::Msg("fused attention needs a BLAS".into()))
+}
+
+/// Keys visible to the last row of the block ending at query row `t1`.
+fn keys_for(t1: usize, offset: usize, s: usize) -> usize {
+    (offset + t1).min(s)
+}
+
+/// Scores of query rows [t0, t1) of one head against its visible keys, turned into causal
+/// probabilities in place: `p` is (t1 − t0) × nk with leading dimension nk.
+#[allow(clippy::too_many_arguments)]
+unsafe fn probabilities(blas: &Blas, q: *const f32, q_rs: usize, k: *const f32, k_rs: usize, rows: usize, nk: usize, d: usize, t0: usize, offset: usize, scale: f32, p: &mut [f32]) {
+    blas.sgemm(false, true, (rows, nk, d), 1.0, (q, q_rs), (k, k_rs), 0.0, (p.as_mut_ptr(), nk));
+    for (i, row) in p.chunks_exact_mut(nk).enumerate() {
+        let valid = (offset + t0 + i + 1).min(nk);
+        softmax_row(row, valid, scale);
+    }
+}
+
+/// softmax(scale · row[..valid]) in place; the masked tail is set to zero.
+fn softmax_row(row: &mut [f32], valid: usize, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, the only feature the function is compiled for.
+        return unsafe { softmax_row_avx512(row, valid, scale) };
+    }
+    softmax_row_portable(row, valid, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_row_avx512(row: &mut [f32], valid: usize, scale: f32) {
+    softmax_row_portable(row, valid, scale)
+}
+
+/// Lane-wise accumulators: a single running max or sum is a serial dependency the compiler may
+/// not reorder, so it would not vectorise.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn softmax_row_portable(row: &mut [f32], valid: usize, scale: f32) {
+    let (live, masked) = row.split_at_mut(valid);
+    masked.fill(0.0);
+    let body = live.len() / LANES * LANES;
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    for c in live[..body].chunks_exact(LANES) {
+        for l in 0..LANES {
+            mx[l] = if c[l] > mx[l] { c[l] } else { mx[l] };
+        }
+    }
+    let max = live[body..].iter().chain(mx.iter()).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m }) * scale;
+    let mut acc = [0f32; LANES];
+    for c in live[..body].chunks_exact_mut(LANES) {
+        for l in 0..LANES {
+            c[l] = exp_f32(c[l] * scale - max);
+            acc[l] += c[l];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for x in live[body..].iter_mut() {
+        *x = exp_f32(*x * scale - max);
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    live.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// ds = scale · p ⊙ (dp − Σ_j p·dp), in place of dp.
+fn softmax_grad_row(p: &[f32], dp: &mut [f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, the only feature the function is compiled for.
+        return unsafe { softmax_grad_row_avx512(p, dp, scale) };
+    }
+    softmax_grad_row_portable(p, dp, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_grad_row_avx512(p: &[f32], dp: &mut [f32], scale: f32) {
+    softmax_grad_row_portable(p, dp, scale)
+}
+
+#[inline(always)]
+fn softmax_grad_row_portable(p: &[f32], dp: &mut [f32], scale: f32) {
+    let body = p.len() / LANES * LANES;
+    let mut acc = [0f32; LANES];
+    for (a, b) in p[..body].chunks_exact(LANES).zip(dp[..body].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    let dot: f32 = acc.iter().sum::<f32>() + p[body..].iter().zip(&dp[body..]).map(|(a, b)| a * b).sum::<f32>();
+    for (x, &pv) in dp.iter_mut().zip(p) {
+        *x = scale * pv * (*x - dot);
+    }
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "gramrr-causal-attention"
+    }
+
+    fn cpu_fwd(&self, qs: &CpuStorage, ql: &Layout, ks: &CpuStorage, kl: &Layout, vs: &CpuStorage, vl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dm = dims(ql, kl, vl)?;
+        let Dims { b, t, s, h, kh, d } = dm;
+        let (q, _) = Heads::new(qs, ql, "q")?;
+        let (k, _) = Heads::new(ks, kl, "k")?;
+        let (v, _) = Heads::new(vs, vl, "v")?;
+        let blas = blas()?;
+        let rep = h / kh;
+        let (scale, offset) = (self.scale, self.offset);
+        let mut out = vec![0f32; b * t * h * d];
+        let op = SendPtr(out.as_mut_ptr());
+        (0..b * h).into_par_iter().for_each(|bh| {
+            let (bi, hi) = (bh / h, bh % h);
+            let ki = hi / rep;
+            let op = op;
+            let mut p = vec![0f32; ROW_BLOCK.min(t) * s];
+            for t0 in (0..t).step_by(ROW_BLOCK) {
+                let t1 = (t0 + ROW_BLOCK).min(t);
+                let (rows, nk) = (t1 - t0, keys_for(t1, offset, s));
+                let p = &mut p[..rows * nk];
+                // SAFETY: row and head indices are inside the layouts checked by `dims`; this
+                // task alone writes rows [t0, t1) of head hi of batch bi of `out`.
+                unsafe {
+                    probabilities(blas, q.at(bi, t0, hi), q.sr, k.at(bi, 0, ki), k.sr, rows, nk, d, t0, offset, scale, p);
+                    let o = op.0.add((bi * t + t0) * h * d + hi * d);
+                    blas.sgemm(false, false, (rows, d, nk), 1.0, (p.as_ptr(), nk), (v.at(bi, 0, ki), v.sr), 0.0, (o, h * d));
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, t, h, d))))
+    }
+
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _out: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = if g.stride().last() == Some(&1) { g.clone() } else { g.contiguous()? };
+        let op = AttentionBwd { q: q.clone(), k: k.clone(), v: v.clone(), scale: self.scale, offset: self.offset };
+        let all = g.apply_op1_no_bwd(&op)?;
+        let (nq, nk) = (q.elem_count(), k.elem_count());
+        let dq = all.narrow(0, 0, nq)?.reshape(q.shape())?;
+        let dk = all.narrow(0, nq, nk)?.reshape(k.shape())?;
+        let dv = all.narrow(0, nq + nk, nk)?.reshape(v.shape())?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// The backward of [`CausalAttention`] applied to the output gradient: dq, dk and dv, flat and
+/// one after the other (each contiguous in its input's shape).
+struct AttentionBwd {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: f32,
+    offset: usize,
+}
+
+impl CustomOp1 for AttentionBwd {
+    fn name(&self) -> &'static str {
+        "gramrr-causal-attention-bwd"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (qs, ql) = self.q.storage_and_layout();
+        let (ks, kl) = self.k.storage_and_layout();
+        let (vs, vl) = self.v.storage_and_layout();
+        let (candle_core::Storage::Cpu(qs), candle_core::Storage::Cpu(ks), candle_core::Storage::Cpu(vs)) = (&*qs, &*ks, &*vs) else {
+            candle_core::bail!("attention backward: CPU tensors only")
+        };
+        let dm = dims(ql, kl, vl)?;
+        let Dims { b, t, s, h, kh, d } = dm;
+        if gl.dims() != ql.dims() {
+            candle_core::bail!("attention backward: gradient {:?} for output {:?}", gl.dims(), ql.dims())
+        }
+        let (q, _) = Heads::new(qs, ql, "q")?;
+        let (k, _) = Heads::new(ks, kl, "k")?;
+        let (v, _) = Heads::new(vs, vl, "v")?;
+        let (g, _) = Heads::new(gs, gl, "grad")?;
+        let blas = blas()?;
+        let rep = h / kh;
+        let (scale, offset) = (self.scale, self.offset);
+        let (nq, nkv) = (b * t * h * d, b * s * kh * d);
+        let mut all = vec![0f32; nq + 2 * nkv];
+        let base = SendPtr(all.as_mut_ptr());
+        // One task per (batch, KV head): it owns that head's rows of dk and dv, which its `rep`
+        // query heads accumulate into, and those query heads' rows of dq.
+        (0..b * kh).into_par_iter().for_each(|bk| {
+            let (bi, ki) = (bk / kh, bk % kh);
+            let base = base;
+            let mut p = vec![0f32; ROW_BLOCK.min(t) * s];
+            let mut dp = vec![0f32; ROW_BLOCK.min(t) * s];
+            // SAFETY (whole block): indices stay inside the layouts checked by `dims`; the rows
+            // written (dq of heads ki·rep.., dk and dv of KV head ki, all of batch bi) belong to
+            // this task alone.
+            unsafe {
+                let dq = base.0;
+                let dk = base.0.add(nq + (bi * s * kh + ki) * d);
+                let dv = base.0.add(nq + nkv + (bi * s * kh + ki) * d);
+                for hi in ki * rep..(ki + 1) * rep {
+                    for t0 in (0..t).step_by(ROW_BLOCK) {
+                        let t1 = (t0 + ROW_BLOCK).min(t);
+                        let (rows, nk) = (t1 - t0, keys_for(t1, offset, s));
+                        if nk == 0 {
+                            continue;
+                        }
+                        let p = &mut p[..rows * nk];
+                        let dp = &mut dp[..rows * nk];
+                        let (qb, gb) = (q.at(bi, t0, hi), g.at(bi, t0, hi));
+                        probabilities(blas, qb, q.sr, k.at(bi, 0, ki), k.sr, rows, nk, d, t0, offset, scale, p);
+                        // dv += pᵀ · g
+                        blas.sgemm(true, false, (nk, d, rows), 1.0, (p.as_ptr(), nk), (gb, g.sr), 1.0, (dv, kh * d));
+                        // dp = g · vᵀ
+                        blas.sgemm(false, true, (rows, nk, d), 1.0, (gb, g.sr), (v.at(bi, 0, ki), v.sr), 0.0, (dp.as_mut_ptr(), nk));
+                        // ds = scale · p ⊙ (dp − Σ_j p·dp), in dp
+                        for (pr, dr) in p.chunks_exact(nk).zip(dp.chunks_exact_mut(nk)) {
+                            softmax_grad_row(pr, dr, scale);
+                        }
+                        // dq = ds · k ; dk += dsᵀ · q
+                        let dqb = dq.add((bi * t + t0) * h * d + hi * d);
+                        blas.sgemm(false, false, (rows, d, nk), 1.0, (dp.as_ptr(), nk), (k.at(bi, 0, ki), k.sr), 0.0, (dqb, h * d));
+                        blas.sgemm(true, false, (nk, d, rows), 1.0, (dp.as_ptr(), nk), (qb, q.sr), 1.0, (dk, kh * d));
+                    }
+                }
+            }
+        });
+        let n = all.len();
+        Ok((CpuStorage::F32(all), Shape::from(n)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The composition the model used before: head-major copies, q·kᵀ, masked softmax, ·v.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
+        let (b, t, h, d) = q.dims4().unwrap();
+        let (_, s, kh, _) = k.dims4().unwrap();
+        let rep = h / kh;
+        let offset = s - t;
+        let q = q.transpose(1, 2).unwrap().contiguous().unwrap().reshape((b, kh, rep * t, d)).unwrap();
+        let k = k.transpose(1, 2).unwrap().contiguous().unwrap();
+        let v = v.transpose(1, 2).unwrap().contiguous().unwrap();
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        let m: Vec<f32> = (0..rep * t * s).map(|x| if x % s > offset + (x / s) % t { -1e30 } else { 0.0 }).collect();
+        let m = Tensor::from_vec(m, (1, 1, rep * t, s), q.device()).unwrap();
+        let z = scores.broadcast_add(&m).unwrap();
+        let e = z.broadcast_sub(&z.max_keepdim(D::Minus1).unwrap()).unwrap().exp().unwrap();
+        let p = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+        p.matmul(&v).unwrap().reshape((b, h, t, d)).unwrap().transpose(1, 2).unwrap()
+    }
+
+    #[test]
+    fn fused_attention_matches_the_composition_forward_and_backward() {
+        if crate::blas::get().is_none() {
+            eprintln!("no BLAS loaded: the fused attention is not used, nothing to compare");
+            return;
+        }
+        let dev = Device::Cpu;
+        // Across the 128-row block boundary, with GQA; and a cache-like offset (S > T).
+        for &(t, s) in &[(150usize, 150usize), (3, 9), (1, 5)] {
+            let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, t, 4, 16), &dev).unwrap()).unwrap();
+            let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, s, 2, 16), &dev).unwrap()).unwrap();
+            let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, s, 2, 16), &dev).unwrap()).unwrap();
+            let probe = Tensor::randn(0f32, 1.0, (2, t, 4, 16), &dev).unwrap();
+            let fused = causal_attention(&q, &k, &v, 0.25).unwrap();
+            let refr = reference(&q, &k, &v, 0.25);
+            assert!(max_diff(&fused, &refr) < 1e-5, "forward t={t} s={s}: {}", max_diff(&fused, &refr));
+            let gf = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (refr * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+                let diff = max_diff(gf.get(x).unwrap(), gr.get(x).unwrap());
+                assert!(diff < 1e-4, "d{name} t={t} s={s}: {diff}");
+            }
+        }
+        // k and v as strided views of a head-major (B, K, cap, D) cache.
+        let q = Tensor::randn(0f32, 1.0, (1, 2, 4, 16), &dev).unwrap();
+        let cache = Tensor::randn(0f32, 1.0, (1, 2, 12, 16), &dev).unwrap();
+        let k = cache.narrow(2, 0, 7).unwrap().transpose(1, 2).unwrap();
+        let fused = causal_attention(&q, &k, &k, 0.25).unwrap();
+        assert!(max_diff(&fused, &reference(&q, &k, &k, 0.25)) < 1e-5);
+    }
+}
