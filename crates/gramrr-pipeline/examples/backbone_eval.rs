@@ -2,10 +2,9 @@
 //! the judge prompt, in the prover prompt) and read the two answers back.
 //! usage: backbone_eval BACKBONE_DIR [SEED]
 use gramrr_data::PreferencePair;
-use gramrr_model::backend::{Prompt, SamplingParams};
 use gramrr_model::{Engine, LoadOptions};
-use gramrr_pipeline::data::encode_prompt;
-use gramrr_pipeline::demo::domain::{computation_correct, Domain, DomainSizes};
+use gramrr_pipeline::demo::computes_after;
+use gramrr_pipeline::demo::domain::{Domain, DomainSizes};
 
 fn main() -> anyhow::Result<()> {
     gramrr_model::tune_threads();
@@ -22,19 +21,11 @@ fn main() -> anyhow::Result<()> {
     ];
     let mut line = String::new();
     for (name, make) in forms {
-        let prompts: Vec<Vec<u32>> = d.test.iter().map(|p| encode_prompt(&engine.tokenizer, &Prompt::Raw(make(p))).unwrap()).collect();
-        let offs: Vec<u64> = (0..prompts.len() as u64).collect();
-        let out = engine.generate_ids(&prompts, &offs, &SamplingParams { max_new_tokens: 60, ..Default::default() })?;
-        let ok = d.test.iter().zip(&out).filter(|(p, o)| computation_correct(&p.prompt.as_text(), &o.text)).count();
-        line.push_str(&format!("{name}: computes {:.1}% ", ok as f64 / 10.0));
+        let (computes, out) = computes_after(&engine, &d.test, make, 60)?;
+        line.push_str(&format!("{name}: computes {computes:.1}% "));
         if name == "judge" {
-            let read = d
-                .test
-                .iter()
-                .zip(&out)
-                .filter(|(p, o)| o.text.contains(&format!(" A {}. B {}.", num(&p.response_a), num(&p.response_b))))
-                .count();
-            line.push_str(&format!("(reads both answers back {:.1}%) ", read as f64 / 10.0));
+            let read = d.test.iter().zip(&out).filter(|(p, o)| o.contains(&format!(" A {}. B {}.", num(&p.response_a), num(&p.response_b)))).count();
+            line.push_str(&format!("(reads both answers back {:.1}%) ", 100.0 * read as f64 / d.test.len() as f64));
         }
     }
     println!("{}: {line}", a[0]);

@@ -393,16 +393,23 @@ fn rationale_quality(run: &RunDir, stages: &[(String, String)], pairs: &[Prefere
 fn backbone_arithmetic(p: &Pipeline, pairs: &[PreferencePair]) -> Result<f64> {
     let dir = p.run.stage_dir("backbone").join("model");
     let engine = gramrr_model::Engine::load(&dir.display().to_string(), &p.opts)?;
-    let questions: Vec<String> = pairs.iter().map(|x| x.prompt.as_text()).collect();
-    let prompts = questions
-        .iter()
-        .map(|q| engine.encode_prompt(&Prompt::Raw(format!("Q: {q} "))))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(computes_after(&engine, pairs, |x| format!("Q: {} ", x.prompt.as_text()), 40)?.0)
+}
+
+/// Greedy continuations of `prompt(pair)` for every pair, and the share (%) whose stated
+/// computation is right for the pair's question: what a model can work out in a given context.
+pub fn computes_after(
+    engine: &gramrr_model::Engine,
+    pairs: &[PreferencePair],
+    prompt: impl Fn(&PreferencePair) -> String,
+    max_new_tokens: usize,
+) -> Result<(f64, Vec<String>)> {
+    let prompts = pairs.iter().map(|x| engine.encode_prompt(&Prompt::Raw(prompt(x)))).collect::<std::result::Result<Vec<_>, _>>()?;
     let offsets: Vec<u64> = (0..prompts.len() as u64).collect();
-    let params = gramrr_model::backend::SamplingParams { max_new_tokens: 40, ..Default::default() };
-    let outs = engine.generate_ids(&prompts, &offsets, &params)?;
-    let right = questions.iter().zip(&outs).filter(|(q, o)| computation_correct(q, &o.text)).count();
-    Ok(pct(right, questions.len()))
+    let params = gramrr_model::backend::SamplingParams { max_new_tokens, ..Default::default() };
+    let texts: Vec<String> = engine.generate_ids(&prompts, &offsets, &params)?.into_iter().map(|o| o.text).collect();
+    let right = pairs.iter().zip(&texts).filter(|(x, t)| computation_correct(&x.prompt.as_text(), t)).count();
+    Ok((pct(right, pairs.len()), texts))
 }
 
 fn pct_f(x: f64, n: usize) -> f64 {
