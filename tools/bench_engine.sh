@@ -8,14 +8,7 @@ THREADS=${THREADS:-$(nproc)}
 DIR=${BENCH_DIR:-/tmp/gramrr-bench}
 MODEL=$DIR/qwen3-0.6b
 mkdir -p "$DIR"
-# gramrr's f32 matmuls go to a BLAS loaded at run time (crates/gramrr-model/src/blas.rs). MKL from
-# `pip install mkl` (tools/requirements.txt) lives in the Python prefix, off the loader's path:
-# point GRAMRR_BLAS at it unless the caller chose. Without it gramrr finds OpenBLAS or uses
-# candle's GEMM; the JSON's "matmul" field says which ran.
-if [ -z "${GRAMRR_BLAS+x}" ]; then
-  MKL_LIB=$(python3 -c 'import glob, sys; print(next(iter(sorted(glob.glob(sys.prefix + "/lib/libmkl_rt.so.*"))), ""))' 2>/dev/null || true)
-  [ -n "$MKL_LIB" ] && export GRAMRR_BLAS=$MKL_LIB
-fi
+source tools/blas_choice.sh
 cargo build --release -q -p gramrr-cli
 if [ ! -f "$MODEL/model.safetensors" ]; then
   ./target/release/gramrr init-model --preset qwen3-0-6b --out "$MODEL" --seed 0

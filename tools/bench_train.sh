@@ -11,14 +11,7 @@ MODEL=$DIR/qwen3-0.6b
 # Four timed steps after one untimed warm-up step (the allocator grows in it; it is ~40% slower).
 STEPS=${STEPS:-4}
 mkdir -p "$DIR"
-# gramrr's f32 matmuls go to a BLAS loaded at run time (crates/gramrr-model/src/blas.rs). MKL from
-# `pip install mkl` (tools/requirements.txt) lives in the Python prefix, off the loader's path:
-# point GRAMRR_BLAS at it unless the caller chose. Without it gramrr finds OpenBLAS or uses
-# candle's GEMM; the JSON's "matmul" field says which ran.
-if [ -z "${GRAMRR_BLAS+x}" ]; then
-  MKL_LIB=$(python3 -c 'import glob, sys; print(next(iter(sorted(glob.glob(sys.prefix + "/lib/libmkl_rt.so.*"))), ""))' 2>/dev/null || true)
-  [ -n "$MKL_LIB" ] && export GRAMRR_BLAS=$MKL_LIB
-fi
+source tools/blas_choice.sh
 cargo build --release -q -p gramrr-cli -p gramrr-train --example bench_train
 if [ ! -f "$MODEL/model.safetensors" ]; then
   ./target/release/gramrr init-model --preset qwen3-0-6b --out "$MODEL" --seed 0

@@ -56,6 +56,13 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Demo(_)) && std::env::var_os("GRAMRR_BLAS").is_none() {
+        // The demo's models are far too small for a BLAS to matter, and its report is only
+        // reproducible under one GEMM (libraries sum in different orders): the gemm crate is the
+        // one every machine has. Set before any thread exists, which reading it requires.
+        std::env::set_var("GRAMRR_BLAS", "gemm");
+    }
     gramrr_model::tune_threads();
     gramrr_model::tune_allocator();
     tracing_subscriber::fmt()
@@ -66,7 +73,6 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     tracing::info!("f32 matmuls use {}", gramrr_model::blas::describe());
-    let cli = Cli::parse();
     match cli.command {
         Command::InitModel(a) => cmd_model::init_model(a),
         Command::TrainTokenizer(a) => cmd_model::train_tokenizer(a),

@@ -1,14 +1,22 @@
-//! f32 matrix products through a BLAS library loaded at run time (MKL or OpenBLAS), with
-//! candle's own GEMM (the `gemm` crate) as the fallback when none is installed.
+//! f32 matrix products for every op that multiplies matrices (linear layers forward and
+//! backward, the fused attention, LoRA): through MKL or OpenBLAS loaded at run time, or through
+//! the `gemm` crate (candle's own GEMM) called directly.
 //!
-//! On the 2-core Xeon these figures come from, MKL's and OpenBLAS's sgemm run at about twice the
-//! `gemm` crate's speed per core, and GEMM is most of scoring, prefill and training. Nothing is
-//! linked at build time: the library is opened with `dlopen` on first use, so the build, the
-//! tests and machines without it are unaffected. `GRAMRR_BLAS` chooses:
-//! unset (search for MKL, then OpenBLAS), `off` (candle's GEMM), or a path to a library that
-//! exports `cblas_sgemm`. [`describe`] names the choice (logged once, and in `gramrr bench engine`).
+//! Which is fastest depends on the CPU, measured: on the 2-core Xeon of the first benchmarks MKL's
+//! and OpenBLAS's sgemm ran at about twice the `gemm` crate's speed per core; on the 2-core AMD
+//! EPYC (Zen 5) of later ones MKL takes its AVX2 path (it keeps AVX-512 for Intel) and the `gemm`
+//! crate's AVX-512 kernels are the faster (BENCHMARKS.md, `gramrr bench engine --skip
+//! score,decode`). Nothing is linked at build time: a library is opened with `dlopen` on first
+//! use, so the build, the tests and machines without one are unaffected. `GRAMRR_BLAS` chooses:
+//! - unset: on an AMD CPU with AVX-512, the `gemm` crate; elsewhere MKL, then OpenBLAS, then the
+//!   `gemm` crate;
+//! - `gemm`: the `gemm` crate; `mkl`, `openblas`: that library (searched as above);
+//! - a path: the library at that path, which must export `cblas_sgemm`;
+//! - `off`: none of this: candle's own matmul ops (the composed path, kept as a reference).
 //!
-//! The library always runs single-threaded; the calling rayon pool splits the work. A BLAS with
+//! [`describe`] names the choice (logged once, and in `gramrr bench engine`).
+//!
+//! The product always runs single-threaded; the calling rayon pool splits the work. A BLAS with
 //! its own thread pool beside rayon's would put four busy threads on two cores, and the trainer's
 //! data-parallel workers each need a GEMM that stays on their one core.
 
@@ -38,12 +46,22 @@ const ROW_MAJOR: i32 = 101;
 const NO_TRANS: i32 = 111;
 const TRANS: i32 = 112;
 
-/// A loaded BLAS: its `cblas_sgemm` and what it is, for logs and benchmark output.
+/// Where the products are computed.
+enum Kernel {
+    /// `cblas_sgemm` of a library opened at run time.
+    Cblas {
+        sgemm: SgemmFn,
+        // Keeps the library mapped for as long as `sgemm` may be called (the whole process).
+        _lib: libloading::Library,
+    },
+    /// The `gemm` crate, single-threaded.
+    GemmCrate,
+}
+
+/// The GEMM in use: its kernel and what it is, for logs and benchmark output.
 pub struct Blas {
-    sgemm: SgemmFn,
+    kernel: Kernel,
     pub name: String,
-    // Keeps the library mapped for as long as `sgemm` may be called (the whole process).
-    _lib: libloading::Library,
 }
 
 static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
@@ -78,14 +96,14 @@ pub fn init() {
     });
 }
 
-/// Which GEMM f32 matmuls use on this thread, e.g. `"mkl (libmkl_rt.so.3)"` or
-/// `"candle gemm (no MKL or OpenBLAS found)"`.
+/// Which GEMM f32 matmuls use on this thread, e.g. `"mkl (libmkl_rt.so.3)"`, `"gemm crate
+/// (AVX-512, AMD CPU)"` or `"candle matmul (GRAMRR_BLAS=off)"`.
 pub fn describe() -> String {
     match get() {
         Some(b) => b.name.clone(),
         None => match LOAD_NOTE.get() {
-            Some(note) => format!("candle gemm ({note})"),
-            None => "candle gemm".into(),
+            Some(note) => format!("candle matmul ({note})"),
+            None => "candle matmul".into(),
         },
     }
 }
@@ -135,25 +153,37 @@ static LOAD_NOTE: OnceLock<String> = OnceLock::new();
 
 fn load() -> Option<Blas> {
     let choice = std::env::var("GRAMRR_BLAS").unwrap_or_default();
+    let search = |names: &[&str]| candidates().into_iter().filter(|c| names.iter().any(|n| c.contains(n))).find_map(|c| open(&c).ok());
     match choice.as_str() {
         "off" | "none" | "0" | "candle" => {
             let _ = LOAD_NOTE.set("GRAMRR_BLAS=off".into());
             None
         }
-        "" => {
-            let found = candidates().iter().find_map(|c| open(c).ok());
-            if found.is_none() {
-                let _ = LOAD_NOTE.set("no MKL or OpenBLAS found".into());
-            }
-            found
-        }
-        path => match open(path) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                let _ = LOAD_NOTE.set(format!("GRAMRR_BLAS={path}: {e}"));
-                None
-            }
-        },
+        "gemm" => Some(gemm_crate("GRAMRR_BLAS=gemm")),
+        "" if prefers_gemm_crate() => Some(gemm_crate("AVX-512, AMD CPU")),
+        "" => Some(search(&["mkl", "openblas"]).unwrap_or_else(|| gemm_crate("no MKL or OpenBLAS found"))),
+        "mkl" | "openblas" => Some(search(&[choice.as_str()]).unwrap_or_else(|| gemm_crate(&format!("GRAMRR_BLAS={choice}: not found")))),
+        path => Some(open(path).unwrap_or_else(|e| gemm_crate(&format!("GRAMRR_BLAS={path}: {e}")))),
+    }
+}
+
+fn gemm_crate(why: &str) -> Blas {
+    Blas { kernel: Kernel::GemmCrate, name: format!("gemm crate ({why})") }
+}
+
+/// MKL runs its AVX2 kernels on AMD CPUs, and Debian's OpenBLAS 0.3.21 does not know Zen 4/5
+/// (its generic fallback, or Haswell where `OPENBLAS_CORETYPE` says so, is AVX2 as well): there
+/// the `gemm` crate's AVX-512 kernels are the fastest of the three.
+fn prefers_gemm_crate() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let id = std::arch::x86_64::__cpuid(0);
+        let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
+        vendor == b"AuthenticAMD" && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -192,7 +222,7 @@ fn open(path: &str) -> Result<Blas, String> {
             name = format!("blas ({file})");
         }
     }
-    Ok(Blas { sgemm, name, _lib: lib })
+    Ok(Blas { kernel: Kernel::Cblas { sgemm, _lib: lib }, name })
 }
 
 /// How one operand's last two dimensions sit in memory, in BLAS terms.
@@ -278,10 +308,24 @@ impl Blas {
         beta: f32,
         (c, ldc): (*mut f32, usize),
     ) {
-        let t = |x: bool| if x { TRANS } else { NO_TRANS };
-        (self.sgemm)(
-            ROW_MAJOR, t(ta), t(tb), m as i32, n as i32, k as i32, alpha, a, lda as i32, b, ldb as i32, beta, c, ldc as i32,
-        );
+        match &self.kernel {
+            Kernel::Cblas { sgemm, .. } => {
+                let t = |x: bool| if x { TRANS } else { NO_TRANS };
+                sgemm(ROW_MAJOR, t(ta), t(tb), m as i32, n as i32, k as i32, alpha, a, lda as i32, b, ldb as i32, beta, c, ldc as i32);
+            }
+            Kernel::GemmCrate => {
+                // Element (i, j) of a row-major matrix with leading dimension ld sits at
+                // i·ld + j; a transposed operand swaps the two strides.
+                let strides = |trans: bool, ld: usize| if trans { (ld as isize, 1) } else { (1, ld as isize) }; // (col, row)
+                let (a_cs, a_rs) = strides(ta, lda);
+                let (b_cs, b_rs) = strides(tb, ldb);
+                // gemm computes dst = alpha·dst + beta·lhs·rhs, reading dst only when asked.
+                gemm::gemm(
+                    m, n, k, c, 1, ldc as isize, beta != 0.0, a, a_cs, a_rs, b, b_cs, b_rs, beta, alpha, false, false, false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
     }
 
     /// C[i] (m × n, row-major, contiguous) = A[i] (m × k) · B[i] (k × n) for every batch
@@ -309,22 +353,7 @@ impl Blas {
                 let bcol = if b.view.trans { j0 * b.view.ld } else { j0 };
                 let bp = b.data.as_ptr().add(b.offsets[i] + bcol);
                 let cptr = cp.0.add(i * m * n + j0);
-                (self.sgemm)(
-                    ROW_MAJOR,
-                    if a.view.trans { TRANS } else { NO_TRANS },
-                    if b.view.trans { TRANS } else { NO_TRANS },
-                    m as i32,
-                    (j1 - j0) as i32,
-                    k as i32,
-                    1.0,
-                    ap,
-                    a.view.ld as i32,
-                    bp,
-                    b.view.ld as i32,
-                    0.0,
-                    cptr,
-                    n as i32,
-                );
+                self.sgemm(a.view.trans, b.view.trans, (m, j1 - j0, k), 1.0, (ap, a.view.ld), (bp, b.view.ld), 0.0, (cptr, n));
             }
         };
         if threads <= 1 || macs < PAR_MIN_MACS {
@@ -369,6 +398,44 @@ pub fn matmul_f32(a: &[f32], al: &candle_core::Layout, b: &[f32], bl: &candle_co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kernel this machine has (the `gemm` crate always; MKL and OpenBLAS when the loader
+    /// finds them) computes op(A)·op(B) with every transpose, leading dimension and beta.
+    #[test]
+    fn every_available_kernel_matches_a_naive_product() {
+        let mut kernels = vec![gemm_crate("test")];
+        kernels.extend(candidates().iter().filter_map(|c| open(c).ok()));
+        eprintln!("kernels: {:?}", kernels.iter().map(|k| k.name.as_str()).collect::<Vec<_>>());
+        let (m, n, k) = (37usize, 29usize, 70usize);
+        let val = |i: usize| ((i * 7919) % 23) as f32 / 7.0 - 1.5;
+        for kern in &kernels {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                // Stored with padding beyond each row (ld > logical width).
+                let (ar, ac) = if ta { (k, m) } else { (m, k) };
+                let (br, bc) = if tb { (n, k) } else { (k, n) };
+                let (lda, ldb, ldc) = (ac + 3, bc + 5, n + 2);
+                let a: Vec<f32> = (0..ar * lda).map(val).collect();
+                let b: Vec<f32> = (0..br * ldb).map(|i| val(i + 11)).collect();
+                let at = |i: usize, p: usize| if ta { a[p * lda + i] } else { a[i * lda + p] };
+                let bt = |p: usize, j: usize| if tb { b[j * ldb + p] } else { b[p * ldb + j] };
+                for beta in [0.0f32, 0.5] {
+                    let c0: Vec<f32> = (0..m * ldc).map(|i| val(i + 5)).collect();
+                    let mut c = c0.clone();
+                    // SAFETY: the buffers hold the matrices with the leading dimensions given.
+                    unsafe { kern.sgemm(ta, tb, (m, n, k), 2.0, (a.as_ptr(), lda), (b.as_ptr(), ldb), beta, (c.as_mut_ptr(), ldc)) };
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want = 2.0 * (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f32>() + beta * c0[i * ldc + j];
+                            let got = c[i * ldc + j];
+                            assert!((got - want).abs() < 1e-3, "{} ta={ta} tb={tb} beta={beta} ({i},{j}): {got} vs {want}", kern.name);
+                        }
+                        // Padding beyond column n is never written.
+                        assert_eq!(&c[i * ldc + n..(i + 1) * ldc], &c0[i * ldc + n..(i + 1) * ldc], "{}", kern.name);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn layouts_map_to_blas_views() {
