@@ -11,6 +11,10 @@
 //! product of attention size, a few percent of a training step).
 //!
 //! Query `t` sees keys `j ≤ offset + t` (offset = S − T: cached positions before the new ones).
+//! Padding-free rows (several documents in one row, as TRL's `padding_free`) also give each
+//! query the start of its document: it then sees keys `start ≤ j ≤ offset + t` only.
+
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -24,6 +28,9 @@ const ROW_BLOCK: usize = 128;
 pub struct CausalAttention {
     pub scale: f32,
     pub offset: usize,
+    /// For query row (b, t) at index b·T + t: the first key it may see (its document's start).
+    /// `None`: every query sees keys from 0.
+    pub starts: Option<Arc<Vec<u32>>>,
 }
 
 /// Whether the fused op can run here: f32 CPU tensors and a BLAS in use.
@@ -33,12 +40,22 @@ pub fn applies(q: &Tensor) -> bool {
 
 /// q (B, T, H, D), k and v (B, S, K, D) → (B, T, H, D), differentiable.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    causal_attention_in_documents(q, k, v, scale, None)
+}
+
+/// [`causal_attention`] where query row (b, t) sees no key before `starts[b·T + t]`.
+pub fn causal_attention_in_documents(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, starts: Option<Arc<Vec<u32>>>) -> Result<Tensor> {
     let unit_last = |t: &Tensor| if t.stride().last() == Some(&1) { Ok(t.clone()) } else { t.contiguous() };
-    let (t, s) = (q.dim(1)?, k.dim(1)?);
+    let (b, t, s) = (q.dim(0)?, q.dim(1)?, k.dim(1)?);
     if s < t {
         candle_core::bail!("causal attention: {s} keys for {t} queries")
     }
-    q.apply_op3(&unit_last(k)?, &unit_last(v)?, CausalAttention { scale, offset: s - t })
+    if let Some(st) = &starts {
+        if st.len() != b * t {
+            candle_core::bail!("causal attention: {} document starts for {b}×{t} queries", st.len())
+        }
+    }
+    q.apply_op3(&unit_last(k)?, &unit_last(v)?, CausalAttention { scale, offset: s - t, starts })
 }
 
 /// One rank-4 operand seen as (batch, head) matrices of rows × D.
@@ -100,24 +117,28 @@ fn keys_for(t1: usize, offset: usize, s: usize) -> usize {
 }
 
 /// Scores of query rows [t0, t1) of one head against its visible keys, turned into causal
-/// probabilities in place: `p` is (t1 − t0) × nk with leading dimension nk.
+/// probabilities in place: `p` is (t1 − t0) × nk with leading dimension nk. `starts`, when
+/// given, holds the first visible key of each of these rows.
 #[allow(clippy::too_many_arguments)]
-unsafe fn probabilities(blas: &Blas, q: *const f32, q_rs: usize, k: *const f32, k_rs: usize, rows: usize, nk: usize, d: usize, t0: usize, offset: usize, scale: f32, p: &mut [f32]) {
+unsafe fn probabilities(blas: &Blas, q: *const f32, q_rs: usize, k: *const f32, k_rs: usize, rows: usize, nk: usize, d: usize, t0: usize, offset: usize, starts: Option<&[u32]>, scale: f32, p: &mut [f32]) {
     blas.sgemm(false, true, (rows, nk, d), 1.0, (q, q_rs), (k, k_rs), 0.0, (p.as_mut_ptr(), nk));
     for (i, row) in p.chunks_exact_mut(nk).enumerate() {
         let valid = (offset + t0 + i + 1).min(nk);
-        softmax_row(row, valid, scale);
+        let first = starts.map_or(0, |s| (s[i] as usize).min(valid));
+        softmax_row(row, first, valid, scale);
     }
 }
 
-/// softmax(scale · row[..valid]) in place; the masked tail is set to zero.
-fn softmax_row(row: &mut [f32], valid: usize, scale: f32) {
+/// softmax(scale · row[first..valid]) in place; the masked head and tail are set to zero.
+fn softmax_row(row: &mut [f32], first: usize, valid: usize, scale: f32) {
+    let (head, rest) = row.split_at_mut(first);
+    head.fill(0.0);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F, the only feature the function is compiled for.
-        return unsafe { softmax_row_avx512(row, valid, scale) };
+        return unsafe { softmax_row_avx512(rest, valid - first, scale) };
     }
-    softmax_row_portable(row, valid, scale)
+    softmax_row_portable(rest, valid - first, scale)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -203,6 +224,7 @@ impl CustomOp3 for CausalAttention {
         let blas = blas()?;
         let rep = h / kh;
         let (scale, offset) = (self.scale, self.offset);
+        let starts = self.starts.as_deref().map(|v| v.as_slice());
         let mut out = vec![0f32; b * t * h * d];
         let op = SendPtr(out.as_mut_ptr());
         (0..b * h).into_par_iter().for_each(|bh| {
@@ -217,7 +239,8 @@ impl CustomOp3 for CausalAttention {
                 // SAFETY: row and head indices are inside the layouts checked by `dims`; this
                 // task alone writes rows [t0, t1) of head hi of batch bi of `out`.
                 unsafe {
-                    probabilities(blas, q.at(bi, t0, hi), q.sr, k.at(bi, 0, ki), k.sr, rows, nk, d, t0, offset, scale, p);
+                    let st = starts.map(|v| &v[bi * t + t0..bi * t + t1]);
+                    probabilities(blas, q.at(bi, t0, hi), q.sr, k.at(bi, 0, ki), k.sr, rows, nk, d, t0, offset, st, scale, p);
                     let o = op.0.add((bi * t + t0) * h * d + hi * d);
                     blas.sgemm(false, false, (rows, d, nk), 1.0, (p.as_ptr(), nk), (v.at(bi, 0, ki), v.sr), 0.0, (o, h * d));
                 }
@@ -228,7 +251,7 @@ impl CustomOp3 for CausalAttention {
 
     fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _out: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = if g.stride().last() == Some(&1) { g.clone() } else { g.contiguous()? };
-        let op = AttentionBwd { q: q.clone(), k: k.clone(), v: v.clone(), scale: self.scale, offset: self.offset };
+        let op = AttentionBwd { q: q.clone(), k: k.clone(), v: v.clone(), scale: self.scale, offset: self.offset, starts: self.starts.clone() };
         let all = g.apply_op1_no_bwd(&op)?;
         let (nq, nk) = (q.elem_count(), k.elem_count());
         let dq = all.narrow(0, 0, nq)?.reshape(q.shape())?;
@@ -246,6 +269,7 @@ struct AttentionBwd {
     v: Tensor,
     scale: f32,
     offset: usize,
+    starts: Option<Arc<Vec<u32>>>,
 }
 
 impl CustomOp1 for AttentionBwd {
@@ -272,6 +296,7 @@ impl CustomOp1 for AttentionBwd {
         let blas = blas()?;
         let rep = h / kh;
         let (scale, offset) = (self.scale, self.offset);
+        let starts = self.starts.as_deref().map(|v| v.as_slice());
         let (nq, nkv) = (b * t * h * d, b * s * kh * d);
         let mut all = vec![0f32; nq + 2 * nkv];
         let base = SendPtr(all.as_mut_ptr());
@@ -299,7 +324,8 @@ impl CustomOp1 for AttentionBwd {
                         let p = &mut p[..rows * nk];
                         let dp = &mut dp[..rows * nk];
                         let (qb, gb) = (q.at(bi, t0, hi), g.at(bi, t0, hi));
-                        probabilities(blas, qb, q.sr, k.at(bi, 0, ki), k.sr, rows, nk, d, t0, offset, scale, p);
+                        let st = starts.map(|v| &v[bi * t + t0..bi * t + t1]);
+                        probabilities(blas, qb, q.sr, k.at(bi, 0, ki), k.sr, rows, nk, d, t0, offset, st, scale, p);
                         // dv += pᵀ · g
                         blas.sgemm(true, false, (nk, d, rows), 1.0, (p.as_ptr(), nk), (gb, g.sr), 1.0, (dv, kh * d));
                         // dp = g · vᵀ
@@ -346,6 +372,37 @@ mod tests {
         let e = z.broadcast_sub(&z.max_keepdim(D::Minus1).unwrap()).unwrap().exp().unwrap();
         let p = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
         p.matmul(&v).unwrap().reshape((b, h, t, d)).unwrap().transpose(1, 2).unwrap()
+    }
+
+    /// Documents inside rows: each query sees only keys of its own document.
+    #[test]
+    fn fused_attention_keeps_each_document_to_itself() {
+        let dev = Device::Cpu;
+        let (b, t, h, kh, d) = (2usize, 150usize, 4usize, 2usize, 16usize);
+        // Row 0: documents at 0, 37 and 140 (crossing the 128-row block); row 1: one document.
+        let doc = |i: usize| if i >= 140 { 140 } else if i >= 37 { 37 } else { 0 };
+        let starts: Vec<u32> = (0..b * t).map(|x| if x < t { doc(x) as u32 } else { 0 }).collect();
+        let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, h, d), &dev).unwrap()).unwrap();
+        let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, kh, d), &dev).unwrap()).unwrap();
+        let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, kh, d), &dev).unwrap()).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (b, t, h, d), &dev).unwrap();
+        let fused = causal_attention_in_documents(&q, &k, &v, 0.25, Some(Arc::new(starts))).unwrap();
+        // Reference: every document of row 0 on its own, and row 1 as it is.
+        let mut parts = Vec::new();
+        for (s0, s1) in [(0usize, 37usize), (37, 140), (140, 150)] {
+            let n = |x: &Tensor| x.narrow(0, 0, 1).unwrap().narrow(1, s0, s1 - s0).unwrap();
+            parts.push(reference(&n(&q), &n(&k), &n(&v), 0.25));
+        }
+        let row0 = Tensor::cat(&parts, 1).unwrap();
+        let n1 = |x: &Tensor| x.narrow(0, 1, 1).unwrap();
+        let refr = Tensor::cat(&[row0, reference(&n1(&q), &n1(&k), &n1(&v), 0.25)], 0).unwrap();
+        assert!(max_diff(&fused, &refr) < 1e-5, "forward: {}", max_diff(&fused, &refr));
+        let gf = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (refr * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+            let diff = max_diff(gf.get(x).unwrap(), gr.get(x).unwrap());
+            assert!(diff < 1e-4, "d{name}: {diff}");
+        }
     }
 
     #[test]

@@ -257,7 +257,7 @@ impl Engine {
             .map(|s| s.iter().copied().chain(std::iter::repeat_n(pad, t - s.len())).collect())
             .collect();
         let positions: Vec<Vec<u32>> = seqs.iter().map(|_| (0..t as u32).collect()).collect();
-        let input = ForwardInput { ids: &ids, positions: &positions, mask: None };
+        let input = ForwardInput { ids: &ids, positions: &positions, mask: None, doc_starts: None };
         let h = self.model.forward_hidden(&input, None, &mut ForwardCtx::inference())?;
         Ok((h, t))
     }
@@ -397,7 +397,7 @@ impl Engine {
         for _step in 0..params.max_new_tokens {
             let offset = cache.len;
             let mask = attention_mask(&key_valid, cur_t, offset, dev)?;
-            let input = ForwardInput { ids: &step_ids, positions: &step_pos, mask: Some(&mask) };
+            let input = ForwardInput { ids: &step_ids, positions: &step_pos, mask: Some(&mask), doc_starts: None };
             let hidden = self.model.forward_hidden(&input, Some(&mut cache), &mut ctx)?; // (B·T, C)
             let last: Vec<u32> = (0..b).map(|r| (r * cur_t + cur_t - 1) as u32).collect();
             let idx = Tensor::from_vec(last, b, dev)?;

@@ -13,6 +13,8 @@
 //! Tensor shapes in comments: B batch, T new tokens, S keys (cache + new), H query heads,
 //! K key/value heads, D head dim, C hidden size.
 
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
 use rand::Rng;
 
@@ -437,7 +439,8 @@ impl Attention {
         })
     }
 
-    /// x: (B·T, C) → (B·T, C). `mask` is additive, (B, 1, 1, T, S) or broadcastable.
+    /// x: (B·T, C) → (B·T, C). `mask` is additive, (B, 1, 1, T, S) or broadcastable; `starts`
+    /// (B·T, for the fused path) is where each query's document begins in a padding-free row.
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -446,6 +449,7 @@ impl Attention {
         t: usize,
         rope: &(Tensor, Tensor),
         mask: Option<&Tensor>,
+        starts: Option<&Arc<Vec<u32>>>,
         cache: Option<(&Tensor, &Tensor, usize)>,
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
@@ -466,7 +470,7 @@ impl Attention {
             // Scoring and training: causality alone, fused, on (B, T, heads, D) as they are.
             let q = apply_rope(&q, &rope.0, &rope.1)?;
             let k = apply_rope(&k, &rope.0, &rope.1)?;
-            let out = crate::attention::causal_attention(&q, &k, &v, scale as f32)?; // (B, T, H, D)
+            let out = crate::attention::causal_attention_in_documents(&q, &k, &v, scale as f32, starts.cloned())?; // (B, T, H, D)
             return self.o_proj.forward(&out.reshape((b * t, h * d))?, ctx);
         }
         let q = apply_rope(&q, &rope.0, &rope.1)?.transpose(1, 2)?; // (B, H, T, D)
@@ -565,6 +569,11 @@ pub struct ForwardInput<'a> {
     /// padding in generation). `None` means plain causal attention: right-padded or unpadded
     /// rows, where real tokens never see padding; it runs fused and is the training path.
     pub mask: Option<&'a Tensor>,
+    /// Padding-free rows, several documents each (B, T): the index in the row where each
+    /// token's document begins; attention stays inside a document (with `positions` restarting
+    /// at each one, a row computes exactly what its documents would on rows of their own).
+    /// `None`: one document per row. Not with `mask` or a KV cache.
+    pub doc_starts: Option<&'a [Vec<u32>]>,
 }
 
 impl Decoder {
@@ -628,10 +637,27 @@ impl Decoder {
                 return Err(ModelError::Input(format!("KV cache capacity {} exceeded", c.capacity)));
             }
         }
+        // Documents inside padding-free rows: the fused attention takes their starts, the
+        // composed path an additive block-diagonal causal mask.
+        let (mut starts, mut doc_mask) = (None, None);
+        if let Some(ds) = input.doc_starts {
+            if input.mask.is_some() || cache.is_some() {
+                return Err(ModelError::Input("document starts go with neither a mask nor a KV cache".into()));
+            }
+            if ds.len() != b || ds.iter().any(|r| r.len() != t || r.iter().enumerate().any(|(i, &s)| s as usize > i)) {
+                return Err(ModelError::Input(format!("document starts must be {b} rows of {t}, each at most its own index")));
+            }
+            if crate::attention::applies(&x) {
+                starts = Some(Arc::new(ds.iter().flatten().copied().collect::<Vec<u32>>()));
+            } else {
+                doc_mask = Some(document_mask(ds, dev)?);
+            }
+        }
+        let mask = input.mask.or(doc_mask.as_ref());
         for (i, layer) in self.layers.iter().enumerate() {
             let kv = cache.as_ref().map(|c| (&c.k[i], &c.v[i], offset));
             let h = layer.input_layernorm.forward(&x, ctx.train)?;
-            let h = layer.self_attn.forward(&h, b, t, &rope, input.mask, kv, ctx)?;
+            let h = layer.self_attn.forward(&h, b, t, &rope, mask, starts.as_ref(), kv, ctx)?;
             x = (x + h)?;
             let h = layer.post_attention_layernorm.forward(&x, ctx.train)?;
             let h = layer.mlp.forward(&h, ctx)?;
@@ -759,6 +785,20 @@ pub fn attention_mask(key_valid: &[Vec<bool>], t: usize, offset: usize, dev: &De
         }
     }
     Ok(Tensor::from_vec(m, (b, 1, 1, t, s), dev)?)
+}
+
+/// Additive block-diagonal causal mask for padding-free rows: (B, 1, 1, T, T). Query `i` of row
+/// `r` sees key `j` when `starts[r][i] ≤ j ≤ i`.
+pub fn document_mask(starts: &[Vec<u32>], dev: &Device) -> Result<Tensor> {
+    let b = starts.len();
+    let t = starts.first().map_or(0, |r| r.len());
+    let mut m = vec![-1e30f32; b * t * t];
+    for (r, row) in starts.iter().enumerate() {
+        for (i, &s) in row.iter().enumerate() {
+            m[(r * t + i) * t + s as usize..(r * t + i) * t + i + 1].fill(0.0);
+        }
+    }
+    Ok(Tensor::from_vec(m, (b, 1, 1, t, t), dev)?)
 }
 
 /// Causal mask for unpadded (or right-padded) rows: (1, 1, 1, T, T).

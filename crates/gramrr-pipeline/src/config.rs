@@ -190,6 +190,10 @@ pub struct TrainConfig {
     /// small models, whose matrices are too small for a threaded GEMM; 1 leaves the threading
     /// to the kernels.
     pub workers: usize,
+    /// Padding-free micro-batches (TRL's `padding_free`): examples share rows, each attending
+    /// only to itself. Same loss and gradients as padded batches, less compute when lengths vary.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub padding_free: bool,
 }
 
 impl Default for TrainConfig {
@@ -214,6 +218,7 @@ impl Default for TrainConfig {
             keep_checkpoints: false,
             lora: None,
             workers: 1,
+            padding_free: false,
         }
     }
 }
@@ -247,6 +252,7 @@ impl TrainConfig {
             label_loss: None,
             merge_lora_on_return: true,
             workers: self.workers,
+            padding_free: self.padding_free,
         })
     }
 }

@@ -18,6 +18,9 @@ use crate::error::Result;
 pub struct MicroBatch {
     pub ids: Vec<Vec<u32>>,
     pub positions: Vec<Vec<u32>>,
+    /// Padding-free rows: where each token's example begins in its row (see
+    /// `ForwardInput::doc_starts`); `None` when every row holds one example.
+    pub doc_starts: Option<Vec<Vec<u32>>>,
     /// Padded length T.
     pub t: usize,
     /// Hidden row `r·T + t` predicts `targets[i]` with weight `weights[i]`.
@@ -31,14 +34,45 @@ pub struct MicroBatch {
     pub tokens: usize,
 }
 
-/// Builds a right-padded micro-batch (padding gets weight 0 and is never attended to by real
-/// tokens under the causal mask). Positions with weight 0 are left out of the loss rows: they
-/// add nothing to the loss or its normaliser.
+/// Builds a right-padded micro-batch, one example per row (padding gets weight 0 and is never
+/// attended to by real tokens under the causal mask). Positions with weight 0 are left out of the
+/// loss rows: they add nothing to the loss or its normaliser.
 pub fn build_micro_batch(examples: &[&SftExample], pad_id: u32) -> MicroBatch {
-    let t = examples.iter().map(|e| e.len()).max().unwrap_or(0);
+    let rows: Vec<Vec<usize>> = (0..examples.len()).map(|i| vec![i]).collect();
+    assemble(examples, &rows, pad_id, false)
+}
+
+/// Builds a padding-free micro-batch (TRL's `padding_free`): the examples, in order, go first-fit
+/// into rows no longer than the longest of them, each with positions from 0 and attention only
+/// within itself. Every example computes exactly what it would on a row of its own, so the loss
+/// and gradients equal [`build_micro_batch`]'s up to float summation order, on fewer padded
+/// positions: a batch of mixed lengths pads every row to the longest.
+pub fn build_padding_free_micro_batch(examples: &[&SftExample], pad_id: u32) -> MicroBatch {
+    let cap = examples.iter().map(|e| e.len()).max().unwrap_or(0);
+    let mut rows: Vec<Vec<usize>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    for (i, e) in examples.iter().enumerate() {
+        match free.iter().position(|&f| f >= e.len()) {
+            Some(r) => {
+                rows[r].push(i);
+                free[r] -= e.len();
+            }
+            None => {
+                rows.push(vec![i]);
+                free.push(cap - e.len());
+            }
+        }
+    }
+    assemble(examples, &rows, pad_id, true)
+}
+
+/// `rows[r]` lists the examples placed, in order, in row `r`.
+fn assemble(examples: &[&SftExample], rows: &[Vec<usize>], pad_id: u32, documents: bool) -> MicroBatch {
+    let t = rows.iter().map(|r| r.iter().map(|&i| examples[i].len()).sum::<usize>()).max().unwrap_or(0);
     let mut mb = MicroBatch {
-        ids: Vec::with_capacity(examples.len()),
-        positions: Vec::with_capacity(examples.len()),
+        ids: Vec::with_capacity(rows.len()),
+        positions: Vec::with_capacity(rows.len()),
+        doc_starts: documents.then(Vec::new),
         t,
         rows: vec![],
         targets: vec![],
@@ -47,23 +81,38 @@ pub fn build_micro_batch(examples: &[&SftExample], pad_id: u32) -> MicroBatch {
         labels: vec![],
         tokens: 0,
     };
-    for (r, ex) in examples.iter().enumerate() {
-        let ids: Vec<u32> = ex.ids().chain(std::iter::repeat_n(pad_id, t - ex.len())).collect();
-        for pos in 1..ex.len() {
-            let w = ex.weight_at(pos);
-            if w > 0.0 {
-                mb.rows.push((r * t + pos - 1) as u32);
-                mb.targets.push(ids[pos]);
-                mb.weights.push(w);
+    for (r, members) in rows.iter().enumerate() {
+        let (mut ids, mut positions, mut starts) = (Vec::with_capacity(t), Vec::with_capacity(t), Vec::with_capacity(t));
+        for &i in members {
+            let ex = examples[i];
+            let at = ids.len();
+            ids.extend(ex.ids());
+            positions.extend(0..ex.len() as u32);
+            starts.extend(std::iter::repeat_n(at as u32, ex.len()));
+            for pos in 1..ex.len() {
+                let w = ex.weight_at(pos);
+                if w > 0.0 {
+                    mb.rows.push((r * t + at + pos - 1) as u32);
+                    mb.targets.push(ids[at + pos]);
+                    mb.weights.push(w);
+                }
             }
+            if let Some(l) = ex.label {
+                mb.label_rows.push((r * t + at + ex.prompt_ids.len() - 1) as u32);
+                mb.labels.push(l);
+            }
+            mb.tokens += ex.len();
         }
-        if let Some(l) = ex.label {
-            mb.label_rows.push((r * t + ex.prompt_ids.len() - 1) as u32);
-            mb.labels.push(l);
-        }
-        mb.tokens += ex.len();
+        // Padding continues the positions and, in padding-free rows, is a document of its own.
+        let used = ids.len();
+        ids.resize(t, pad_id);
+        positions.extend(positions.last().map_or(0, |&p| p + 1)..(positions.last().map_or(0, |&p| p + 1) + (t - used) as u32));
+        starts.resize(t, used as u32);
         mb.ids.push(ids);
-        mb.positions.push((0..t as u32).collect());
+        mb.positions.push(positions);
+        if let Some(ds) = mb.doc_starts.as_mut() {
+            ds.push(starts);
+        }
     }
     mb
 }
@@ -220,7 +269,7 @@ pub fn micro_batch_loss(
     dev: &Device,
 ) -> Result<MicroLoss> {
     // Right padding: causal attention alone keeps real tokens off the padding (fused path).
-    let input = ForwardInput { ids: &mb.ids, positions: &mb.positions, mask: None };
+    let input = ForwardInput { ids: &mb.ids, positions: &mb.positions, mask: None, doc_starts: mb.doc_starts.as_deref() };
     let hidden = decoder.forward_hidden(&input, None, ctx)?; // (B·T, C)
     let mut token = None;
     if !mb.rows.is_empty() && token_norm > 0.0 {

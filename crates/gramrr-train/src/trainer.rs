@@ -23,7 +23,7 @@ use crate::checkpoint::{self, TrainerState};
 use crate::data::{fit_length, DataStats, SftExample, Truncate};
 use crate::error::{Result, TrainError};
 use crate::lora::{self, LoraConfig};
-use crate::loss::{build_micro_batch, micro_batch_loss, LabelLoss};
+use crate::loss::{build_micro_batch, build_padding_free_micro_batch, micro_batch_loss, LabelLoss};
 use crate::optim::{clip_coefficient, global_grad_norm, lr_lambda, warmup_steps, AdamW, AdamWConfig, Scheduler};
 
 /// The label loss of GRAM v1: cross entropy over a few label tokens at the last prompt position.
@@ -75,6 +75,12 @@ pub struct SftConfig {
     /// same; only the float summation order differs, so the result is exact for a given count.
     #[serde(default = "one")]
     pub workers: usize,
+    /// Padding-free micro-batches: each worker's examples share rows, each attending only to
+    /// itself with positions from 0 ([`crate::loss::build_padding_free_micro_batch`]). Same loss
+    /// and gradients, fewer padded positions. Not serialised when off, so configuration hashes
+    /// of runs from before the option stay valid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub padding_free: bool,
 }
 
 fn one() -> usize {
@@ -104,6 +110,7 @@ impl Default for SftConfig {
             label_loss: None,
             merge_lora_on_return: true,
             workers: 1,
+            padding_free: false,
         }
     }
 }
@@ -607,7 +614,7 @@ pub fn train_sft(
             let per = exs.len().div_ceil(cfg.workers).max(1);
             let shards: Vec<(usize, &[&SftExample])> = exs.chunks(per).enumerate().map(|(w, c)| (j * cfg.workers + w, c)).collect();
             let run_shard = |(stream, shard): (usize, &[&SftExample])| -> Result<ShardResult> {
-                let mb = build_micro_batch(shard, pad_id);
+                let mb = if cfg.padding_free { build_padding_free_micro_batch(shard, pad_id) } else { build_micro_batch(shard, pad_id) };
                 let rng = cfg.lora.as_ref().filter(|l| l.dropout > 0.0).map(|_| dropout_rng(cfg.seed, step, stream));
                 let mut ctx = ForwardCtx::training(rng);
                 let ml = micro_batch_loss(&decoder, &mb, &mut ctx, frozen_head, token_norm, label.as_ref().map(|l| (l, label_norm)), &dev)?;

