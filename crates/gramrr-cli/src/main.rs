@@ -50,6 +50,14 @@ enum Command {
     #[command(subcommand)]
     Pipeline(cmd_pipeline::PipelineCommand),
     /// Run the whole method end to end in a built-in synthetic domain, from scratch, on CPU.
+    ///
+    /// Builds a seeded world of 2-digit arithmetic preference pairs (a few with human-style
+    /// rationales, more with labels only, many unlabeled, 1,000 held out), pretrains a tiny
+    /// Qwen3-architecture backbone on domain text, then runs GRAM-R² on it: the preference-proving
+    /// model, proof synthesis with Eq. 5, the reward model, two self-training rounds and the
+    /// final fine-tune, beside a vanilla generative RM and a compute-matched control. Writes
+    /// OUT/report.md (tables, targets, a plot), OUT/report.json and OUT/accuracy.png. About 15
+    /// minutes on 2 cores; interrupted runs continue with --resume.
     Demo(cmd_pipeline::DemoArgs),
     /// Measure engine speed and memory (writes JSON for BENCHMARKS.md).
     Bench(cmd_model::BenchArgs),
