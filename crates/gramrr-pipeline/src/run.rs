@@ -141,10 +141,17 @@ pub fn fingerprint_model(dir: &Path) -> Result<FileHash> {
     Ok(FileHash { path: dir.display().to_string(), sha256: hex(&h.finalize()), bytes: total })
 }
 
+/// Held by the process that owns a run directory (see [`RunDir::open`]).
+const LOCK_FILE: &str = ".lock";
+
 /// A run directory with its manifest.
 pub struct RunDir {
     pub root: PathBuf,
     pub manifest: Manifest,
+    /// An exclusive advisory lock on `root/.lock`, held while this value lives: two owners
+    /// writing one manifest and one set of stage directories would interleave their work.
+    /// Shard workers ([`RunDir::open_existing`]) take none; they write only their own shard files.
+    _lock: Option<std::fs::File>,
 }
 
 impl RunDir {
@@ -168,7 +175,8 @@ impl RunDir {
             std::fs::create_dir_all(root).map_err(|e| PipelineError::io(root, e))?;
             Manifest { version: 1, config, ..Default::default() }
         };
-        let run = Self { root: root.to_path_buf(), manifest };
+        let lock = lock_run_dir(root)?;
+        let run = Self { root: root.to_path_buf(), manifest, _lock: Some(lock) };
         run.save()?;
         Ok(run)
     }
@@ -180,7 +188,7 @@ impl RunDir {
         let text = std::fs::read_to_string(&path).map_err(|e| PipelineError::io(&path, e))?;
         let manifest: Manifest = serde_json::from_str(&text)
             .map_err(|e| PipelineError::Data { path: path.clone(), line: e.line(), message: e.to_string() })?;
-        Ok(Self { root: root.to_path_buf(), manifest })
+        Ok(Self { root: root.to_path_buf(), manifest, _lock: None })
     }
 
     pub fn save(&self) -> Result<()> {
@@ -270,6 +278,31 @@ impl RunDir {
     }
 }
 
+/// Takes the run directory's exclusive lock without waiting. The operating system releases it
+/// when the process ends however it ends, so a killed run never leaves a stale lock behind.
+fn lock_run_dir(root: &Path) -> Result<std::fs::File> {
+    let path = root.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| PipelineError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(PipelineError::stage(
+            "run",
+            format!(
+                "{} is in use by another gramrr process (it holds {}); wait for it to finish or stop it, \
+                 or choose another run_dir",
+                root.display(),
+                path.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(PipelineError::io(&path, e)),
+    }
+}
+
 /// Makes sure `dir` holds only work of `key`: a stage directory written under another key is
 /// emptied when `clear` is allowed (the owner of the run) and an error otherwise (a shard
 /// worker must not delete what other workers may be writing).
@@ -311,6 +344,10 @@ mod tests {
         run.finish("s", &[("out", dir.join("out.txt"))], serde_json::Value::Null, 1.0).unwrap();
         assert!(run.is_done("s", &k1));
         assert!(RunDir::open(tmp.path(), serde_json::json!({}), false).is_err(), "an existing run needs --resume");
+        let err = RunDir::open(tmp.path(), serde_json::json!({}), true).err().expect("the run is still open");
+        assert!(err.to_string().contains("in use by another gramrr process"), "{err}");
+        assert!(RunDir::open_existing(tmp.path()).is_ok(), "shard workers share the run");
+        drop(run);
         let mut run = RunDir::open(tmp.path(), serde_json::json!({}), true).unwrap();
         assert!(run.is_done("s", &k1));
         let k2 = RunDir::stage_key("s", &serde_json::json!({"k": 2}), &BTreeMap::new());

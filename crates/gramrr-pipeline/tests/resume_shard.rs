@@ -94,6 +94,8 @@ fn interrupted_and_sharded_synthesis_match_the_uninterrupted_run() {
     let part = root.join("resumed/synth/parts/shard-0-of-1.jsonl");
     assert_eq!(std::fs::read_to_string(&part).unwrap().lines().count(), 15, "three chunks of five survived");
     assert!(Pipeline::open(cfg.clone(), &origin, false).is_err(), "an existing run needs resume");
+    assert!(Pipeline::open(cfg.clone(), &origin, true).is_err(), "one owner at a time");
+    drop(p);
     let mut p = Pipeline::open(cfg, &origin, true).unwrap();
     p.stage_synth().unwrap();
     assert_eq!(std::fs::read_to_string(&part).unwrap().lines().count(), 37, "no item computed twice");
@@ -107,6 +109,7 @@ fn interrupted_and_sharded_synthesis_match_the_uninterrupted_run() {
         let mut w = Pipeline::open_worker(cfg.clone(), &origin, Shard { index: i, count: 2 }).unwrap();
         assert!(w.stage_synth().unwrap().is_none(), "a worker does not finish the stage");
     }
+    drop(p);
     let mut p = Pipeline::open(cfg.clone(), &origin, true).unwrap();
     let rec = p.merge("synth").unwrap();
     assert_eq!(items(root, "sharded"), whole);
@@ -117,6 +120,7 @@ fn interrupted_and_sharded_synthesis_match_the_uninterrupted_run() {
     let mut p = Pipeline::open(cfg.clone(), &origin, false).unwrap();
     p.stage_prover().unwrap();
     Pipeline::open_worker(cfg.clone(), &origin, Shard { index: 0, count: 2 }).unwrap().stage_synth().unwrap();
+    drop(p);
     let mut p = Pipeline::open(cfg, &origin, true).unwrap();
     let e = p.merge("synth").unwrap_err().to_string();
     assert!(e.contains("17 of 37 items have no output yet"), "{e}");
