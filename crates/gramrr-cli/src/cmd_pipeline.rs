@@ -102,7 +102,7 @@ pub struct DemoArgs {
     /// and accuracy.png.
     #[arg(long)]
     pub out: PathBuf,
-    /// A smaller world that finishes in about 2 minutes on 2 cores with the same report, for CI:
+    /// A smaller world that finishes in about a minute on 2 cores with the same report, for CI:
     /// its backbone is too briefly trained to compute, so the accuracies stay near chance. It
     /// shows that every stage runs, not that the method works.
     #[arg(long)]

@@ -56,8 +56,8 @@ enum Command {
     /// Qwen3-architecture backbone on domain text, then runs GRAM-R² on it: the preference-proving
     /// model, proof synthesis with Eq. 5, the reward model, two self-training rounds and the
     /// final fine-tune, beside a vanilla generative RM and a compute-matched control. Writes
-    /// OUT/report.md (tables, targets, a plot), OUT/report.json and OUT/accuracy.png. About 15
-    /// minutes on 2 cores; interrupted runs continue with --resume.
+    /// OUT/report.md (tables, targets, a plot), OUT/report.json and OUT/accuracy.png. About 9
+    /// minutes on 2 cores (--quick: about 1); interrupted runs continue with --resume.
     Demo(cmd_pipeline::DemoArgs),
     /// Measure engine speed and memory (writes JSON for BENCHMARKS.md).
     Bench(cmd_model::BenchArgs),

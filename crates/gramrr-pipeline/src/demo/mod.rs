@@ -45,9 +45,10 @@ use report::{Accuracy, ProofSelection, PseudoLabelReport, RationaleQuality, Repo
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DemoSize {
-    /// The real demonstration (≤ 20 minutes on 2 cores).
+    /// The real demonstration (≤ 20 minutes on 2 cores; about 9 measured).
     Full,
-    /// The same report from a smaller world (≤ 3 minutes, for CI).
+    /// The same report from a smaller world (≤ 3 minutes, for CI; about 1 measured). Its
+    /// backbone is pretrained too briefly to compute, so its accuracies stay near chance.
     Quick,
     /// Smaller still, for the test suite: checks the plumbing, not the method.
     Tiny,
