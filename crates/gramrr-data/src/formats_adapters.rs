@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use gramrr_model::backend::ChatMessage;
+use gramrr_backend::ChatMessage;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gramrr_model::backend::{ChatMessage, Prompt};
+use gramrr_backend::{ChatMessage, Prompt};
 use serde::{Deserialize, Serialize};
 
 use crate::verdict::VerdictParser;

@@ -37,7 +37,7 @@
 //! headers a body that happened to contain the other form's header would split differently
 //! and the round trip would break.
 
-use gramrr_model::backend::Prompt;
+use gramrr_backend::Prompt;
 use serde::{Deserialize, Serialize};
 
 use crate::prompt::JudgeTemplate;
@@ -271,7 +271,7 @@ impl ProofPrompt {
     pub fn context_free(&self, kind: ContextFree) -> Prompt {
         match kind {
             ContextFree::Bos => Prompt::Raw(String::new()),
-            ContextFree::EmptyUser => Prompt::Chat(vec![gramrr_model::backend::ChatMessage::user("")]),
+            ContextFree::EmptyUser => Prompt::Chat(vec![gramrr_backend::ChatMessage::user("")]),
         }
     }
 }

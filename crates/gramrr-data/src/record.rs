@@ -1,6 +1,6 @@
 //! Canonical records every reader produces and every consumer takes.
 
-use gramrr_model::backend::{ChatMessage, Prompt};
+use gramrr_backend::{ChatMessage, Prompt};
 use serde::{Deserialize, Serialize};
 
 /// Which response is better. `Tie` exists because some sources have ties; most consumers drop them.

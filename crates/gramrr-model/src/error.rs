@@ -44,3 +44,9 @@ impl ModelError {
         ModelError::Config { file: file.into(), field: field.into(), message: message.into() }
     }
 }
+
+impl From<ModelError> for gramrr_backend::BackendError {
+    fn from(e: ModelError) -> Self {
+        gramrr_backend::BackendError::Model(e.to_string())
+    }
+}

@@ -4,7 +4,9 @@
 //! only through the [`backend::Backend`] trait.
 
 pub mod attention;
-pub mod backend;
+/// The backend trait and its types live in `gramrr-backend` (no engine there); re-exported so
+/// `gramrr_model::backend::*` keeps working.
+pub use gramrr_backend as backend;
 pub mod blas;
 pub mod config;
 pub mod engine;

@@ -1,7 +1,11 @@
-//! The one small trait through which the judge, the pipeline and the evaluators reach a
-//! language model. The candle engine ([`crate::Engine`]) is one implementation; a remote
-//! OpenAI-compatible server can be another. Everything is batched: callers hand over every
-//! request that can run together, and the implementation decides how to split it.
+//! gramrr-backend: the one small trait through which the judge, the pipeline and the evaluators
+//! reach a language model, and the types of its requests and answers. The candle engine
+//! (`gramrr_model::Engine`) is one implementation; a remote OpenAI-compatible server is another.
+//! This crate compiles no engine, so crates that only read and write data (gramrr-data,
+//! gramrr-eval) can name prompts and chat messages without building candle.
+//!
+//! Everything is batched: callers hand over every request that can run together, and the
+//! implementation decides how to split it.
 
 use serde::{Deserialize, Serialize};
 
@@ -137,8 +141,9 @@ pub type BackendResult<T> = std::result::Result<T, BackendError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    /// The engine failed (loading, a tensor op, the tokenizer); the engine's own error, as text.
     #[error("{0}")]
-    Model(#[from] crate::ModelError),
+    Model(String),
     #[error("label {label:?} encodes to {n} tokens; label candidates must be single tokens")]
     LabelNotOneToken { label: String, n: usize },
     #[error("{0}")]
