@@ -37,7 +37,8 @@ pub struct JudgeOptions {
     /// Run all votes even when the majority is already settled.
     #[arg(long)]
     pub no_early_stop: bool,
-    /// Sampling temperature [default: 0 (greedy) with one vote, 0.7 with more].
+    /// Sampling temperature [default: 0 (greedy) with one vote; with more votes, 0 means 0.7
+    /// (gramrr_judge::DEFAULT_VOTE_TEMPERATURE), as in the server and the pipeline].
     #[arg(long)]
     pub temperature: Option<f32>,
     /// Nucleus sampling mass.
@@ -54,7 +55,8 @@ pub struct JudgeOptions {
 
 impl JudgeOptions {
     pub fn config(&self) -> JudgeConfig {
-        let temperature = self.temperature.unwrap_or(if self.votes > 1 { 0.7 } else { 0.0 });
+        // The judge turns a greedy temperature into its vote temperature when votes > 1.
+        let temperature = self.temperature.unwrap_or(0.0);
         JudgeConfig {
             mode: self.mode,
             both_orders: !self.one_order,

@@ -25,7 +25,9 @@ pub mod testing;
 
 pub use bt::{BradleyTerryFit, BtOptions};
 pub use error::{JudgeError, Result};
-pub use pairwise::{JudgeConfig, JudgeMode, Judgment, PairInput, PairVerdict, PairwiseJudge, Usage, VoteCount};
+pub use pairwise::{
+    JudgeConfig, JudgeMode, Judgment, PairInput, PairVerdict, PairwiseJudge, Usage, VoteCount, DEFAULT_VOTE_TEMPERATURE,
+};
 pub use rank::{
     KnockoutTournament, LinearChampionSearch, ListRanker, MatchResult, MergeSortRanking, RankInput, RankOutcome,
     Ranking, RankingStrategy, RepeatedSelection, RoundRobin, StrategyKind,

@@ -80,6 +80,11 @@ pub struct JudgeConfig {
     pub sampling: SamplingParams,
 }
 
+/// The temperature of votes when more than one is asked for and `sampling.temperature` is 0:
+/// greedy votes would be identical copies (and early stopping would end them after a majority of
+/// copies), so voting@k always samples.
+pub const DEFAULT_VOTE_TEMPERATURE: f32 = 0.7;
+
 impl Default for JudgeConfig {
     fn default() -> Self {
         JudgeConfig {
@@ -93,6 +98,17 @@ impl Default for JudgeConfig {
 }
 
 impl JudgeConfig {
+    /// The generation settings the judge uses. The one place for the rule "several votes sample":
+    /// with `votes > 1` and a greedy `sampling.temperature` (0), votes sample at
+    /// [`DEFAULT_VOTE_TEMPERATURE`]. The CLI, the server and the pipeline all go through here.
+    pub fn effective_sampling(&self) -> SamplingParams {
+        let mut s = self.sampling.clone();
+        if self.votes > 1 && s.temperature == 0.0 && self.mode.generates() {
+            s.temperature = DEFAULT_VOTE_TEMPERATURE;
+        }
+        s
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.votes == 0 {
             return Err(JudgeError::Config { field: "votes", message: "must be at least 1".into() });
@@ -391,7 +407,7 @@ impl PairwiseJudge {
         let t = Instant::now();
         let outs = self
             .backend
-            .generate(&requests, &self.config.sampling)
+            .generate(&requests, &self.config.effective_sampling())
             .map_err(|source| JudgeError::Backend { call: "generate", requests: requests.len(), source })?;
         let secs = t.elapsed().as_secs_f64();
         if outs.len() != requests.len() {

@@ -197,3 +197,17 @@ fn position_bias_is_measured_over_a_set() {
     let unbiased = judge(Arc::new(OracleBackend::default()), JudgeConfig::default()).judge_batch(&pairs).unwrap();
     assert_eq!(PositionBias::from_verdicts(&unbiased).bias, 0.0);
 }
+
+#[test]
+fn several_votes_sample_even_when_the_config_says_greedy() {
+    use gramrr_judge::{JudgeMode, DEFAULT_VOTE_TEMPERATURE};
+    let mut c = JudgeConfig::default();
+    assert_eq!(c.effective_sampling().temperature, 0.0, "one vote stays greedy");
+    c.votes = 5;
+    assert_eq!(c.effective_sampling().temperature, DEFAULT_VOTE_TEMPERATURE);
+    c.sampling.temperature = 1.2;
+    assert_eq!(c.effective_sampling().temperature, 1.2, "an explicit temperature is kept");
+    c.sampling.temperature = 0.0;
+    c.mode = JudgeMode::Prob;
+    assert_eq!(c.effective_sampling().temperature, 0.0, "prob mode does not generate");
+}

@@ -676,7 +676,7 @@ impl Pipeline {
         }
         let out = dir.join("predictions.jsonl");
         gramrr_model::fsutil::write_atomic(&out, &buf)?;
-        note(format!("{name}: accuracy {:.2}% on {} pairs ({:?} unparsed)", summary.accuracy, summary.pairs, summary.failures));
+        note(format!("{name}: accuracy {:.2}% on {} pairs ({})", summary.accuracy, summary.pairs, unparsed_note(&summary.failures)));
         self.run.finish(&name, &[("predictions", out)], serde_json::to_value(&summary).expect("summary serializes"), t0.elapsed().as_secs_f64())?;
         Ok(Some(summary))
     }
@@ -752,6 +752,16 @@ impl Pipeline {
 }
 
 /// Copies a model directory's files (not subdirectories).
+/// "none unparsed", or "3 unparsed: no verdict 2, unfinished 1" for the eval log line.
+fn unparsed_note(failures: &BTreeMap<String, usize>) -> String {
+    let total: usize = failures.values().sum();
+    if total == 0 {
+        return "none unparsed".into();
+    }
+    let kinds: Vec<String> = failures.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    format!("{total} unparsed: {}", kinds.join(", "))
+}
+
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).map_err(|e| PipelineError::io(to, e))?;
     for e in std::fs::read_dir(from).map_err(|e| PipelineError::io(from, e))? {
@@ -832,4 +842,16 @@ pub struct RunSummary {
     pub accuracy: BTreeMap<String, f64>,
     pub iterations: Vec<IterationLog>,
     pub seconds: f64,
+}
+
+#[cfg(test)]
+mod unparsed_tests {
+    #[test]
+    fn eval_log_line_counts_unparsed_outputs_by_kind() {
+        let mut f = std::collections::BTreeMap::new();
+        assert_eq!(super::unparsed_note(&f), "none unparsed");
+        f.insert("no verdict".to_string(), 2);
+        f.insert("unfinished".to_string(), 1);
+        assert_eq!(super::unparsed_note(&f), "3 unparsed: no verdict 2, unfinished 1");
+    }
 }

@@ -237,6 +237,74 @@ async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Respons
     r
 }
 
+/// How much of an over-long body is read and thrown away before the 413 is sent, and for how long.
+/// Past either bound the connection is closed unread, as before.
+const DRAIN_MAX_BYTES: u64 = 256 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Reads every request body here, up to `max_body_bytes`. An over-long body is answered 413 only
+/// after the rest of it has been read and discarded (up to [`DRAIN_MAX_BYTES`] or [`DRAIN_TIME`]),
+/// as nginx's lingering close does. Otherwise the server would close the connection while the
+/// client is still sending, and clients that write the whole body before reading (Python's
+/// `urllib` and `requests`, so OpenRLHF's reward client) see a reset or a broken pipe instead of
+/// the status. Discarded bytes are never kept, so draining costs no memory.
+async fn bounded_body(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    use http_body_util::BodyExt;
+    let limit = s.config.max_body_bytes as u64;
+    let (parts, mut body) = req.into_parts();
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut over = declared.is_some_and(|n| n > limit);
+    let mut kept = Vec::new();
+    let mut total = 0u64;
+    let mut drain_deadline = over.then(|| tokio::time::Instant::now() + DRAIN_TIME);
+    loop {
+        let frame = match drain_deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(f) => f,
+                Err(_) => break,
+            },
+            None => body.frame().await,
+        };
+        let data = match frame {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue, // trailers
+            },
+            Some(Err(e)) => {
+                if over {
+                    break;
+                }
+                return ApiError::new(StatusCode::BAD_REQUEST, format!("reading the request body: {e}")).into_response();
+            }
+        };
+        total += data.len() as u64;
+        if !over && total > limit {
+            over = true;
+            kept = Vec::new();
+            drain_deadline = Some(tokio::time::Instant::now() + DRAIN_TIME);
+        }
+        if over {
+            if total > DRAIN_MAX_BYTES {
+                break;
+            }
+        } else {
+            kept.extend_from_slice(&data);
+        }
+    }
+    if over {
+        let size = declared.map_or_else(|| format!("over {limit}"), |n| n.to_string());
+        let mut r = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {size} bytes is over the server's limit of {limit} bytes (--max-body-bytes)"),
+        )
+        .into_response();
+        r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        return r;
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(kept))).await
+}
+
 fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     Router::new()
@@ -247,6 +315,7 @@ fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), bounded_body))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

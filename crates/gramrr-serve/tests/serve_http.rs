@@ -240,3 +240,29 @@ async fn shutdown_answers_every_accepted_request() {
     }
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");
 }
+
+/// `/v1/judge` with `"votes": 5` on a server started with the defaults (one greedy vote) samples
+/// its votes, as `gramrr judge --votes 5` does: the rule lives in the judge's config, not in the
+/// CLI. Greedy copies would all agree and stop early after three.
+#[tokio::test]
+async fn votes_requested_over_http_sample_like_the_cli() {
+    let backend = Arc::new(OracleBackend::default().with_noise(0.45));
+    let judge = PairwiseJudge::new(backend, JudgeTemplate::gram_rr(), JudgeConfig::default());
+    assert_eq!(judge.config.sampling.temperature, 0.0);
+    let handle = start(loopback(ServeConfig::default()), judge).await.unwrap();
+    let addr = handle.addr();
+    let (mut split, mut votes_run) = (0, 0);
+    for i in 0..12 {
+        let p = pair(i);
+        let body = json!({"prompt": p.user_input, "response_a": p.response_a, "response_b": p.response_b, "votes": 5, "both_orders": false});
+        let r = post(addr, "/v1/judge", &body).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json()["votes"].clone();
+        let (a, b) = (v["a"].as_u64().unwrap(), v["b"].as_u64().unwrap());
+        votes_run += a + b;
+        split += (a > 0 && b > 0) as usize;
+    }
+    assert!(split >= 3, "sampled votes disagree on some pairs; {split} of 12 split");
+    assert!(votes_run > 12 * 3, "early stopping no longer ends every pair after three copies ({votes_run} votes)");
+    handle.shutdown().await.unwrap();
+}
