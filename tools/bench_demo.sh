@@ -17,4 +17,5 @@ for s in $SEEDS; do
   fi
   dirs+=("$d")
 done
+./target/release/gramrr demo --combine "${dirs[@]}" --out "$OUT/demo-seeds"
 python3 tools/bench_report.py demo "$(IFS=,; echo "${dirs[*]}")" - BENCHMARKS.md

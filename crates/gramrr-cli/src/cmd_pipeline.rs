@@ -102,7 +102,8 @@ pub struct DemoArgs {
     /// and accuracy.png.
     #[arg(long)]
     pub out: PathBuf,
-    /// A smaller world that finishes in about a minute on 2 cores with the same report, for CI:
+    /// A smaller world that finishes in 1 to 2.5 minutes on 2 cores (69 s on an AMD EPYC, 151 s on
+    /// an Intel Xeon) with the same report, as a smoke run:
     /// its backbone is too briefly trained to compute, so the accuracies stay near chance. It
     /// shows that every stage runs, not that the method works.
     #[arg(long)]
@@ -117,6 +118,11 @@ pub struct DemoArgs {
     /// Overrides --quick.
     #[arg(long, hide = true)]
     pub size: Option<String>,
+    /// Run nothing: read the report.json of finished demos in these folders (one per seed) and
+    /// write one accuracy.png over all of them into --out: bars at the mean, each seed a dot, its
+    /// spread (min to max) a whisker. `bash tools/bench_demo.sh 0 1 2` does this for BENCHMARKS.md.
+    #[arg(long, num_args = 1.., value_name = "DEMO_DIR")]
+    pub combine: Vec<PathBuf>,
 }
 
 fn load(config: &Path) -> anyhow::Result<PipelineConfig> {
@@ -182,6 +188,21 @@ pub fn run(c: PipelineCommand) -> anyhow::Result<()> {
 }
 
 pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    if !a.combine.is_empty() {
+        let mut reports = Vec::new();
+        for dir in &a.combine {
+            let path = dir.join("report.json");
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {} (is the demo there finished?)", path.display()))?;
+            let report: gramrr_pipeline::demo::report::Report =
+                serde_json::from_str(&text).with_context(|| format!("{}: not a demo report", path.display()))?;
+            reports.push(report);
+        }
+        std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+        let png = a.out.join("accuracy.png");
+        gramrr_pipeline::demo::report::plot_accuracy_seeds(&reports, &png)?;
+        eprintln!("wrote {} ({} seeds)", png.display(), reports.len());
+        return Ok(());
+    }
     let size = match a.size.as_deref() {
         None if a.quick => DemoSize::Quick,
         None => DemoSize::Full,

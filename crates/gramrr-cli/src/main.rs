@@ -57,7 +57,8 @@ enum Command {
     /// model, proof synthesis with Eq. 5, the reward model, two self-training rounds and the
     /// final fine-tune, beside a vanilla generative RM and a compute-matched control. Writes
     /// OUT/report.md (tables, targets, a plot), OUT/report.json and OUT/accuracy.png. About 9
-    /// minutes on 2 cores (--quick: about 1); interrupted runs continue with --resume.
+    /// minutes on 2 cores of an AMD EPYC, 12 on a Xeon (--quick: 1 and 2.5); interrupted runs
+    /// continue with --resume.
     Demo(cmd_pipeline::DemoArgs),
     /// Measure engine speed and memory (writes JSON for BENCHMARKS.md).
     Bench(cmd_model::BenchArgs),

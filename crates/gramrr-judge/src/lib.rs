@@ -26,6 +26,7 @@ pub mod testing;
 pub use bt::{BradleyTerryFit, BtOptions};
 pub use error::{JudgeError, Result};
 pub use pairwise::{
+    judge_pairs,
     JudgeConfig, JudgeMode, Judgment, PairInput, PairVerdict, PairwiseJudge, Usage, VoteCount, DEFAULT_VOTE_TEMPERATURE,
 };
 pub use rank::{

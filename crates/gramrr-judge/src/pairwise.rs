@@ -278,6 +278,47 @@ impl PairwiseJudge {
         PairwiseJudge { backend: self.backend.clone(), template: self.template.clone(), config }
     }
 
+    fn judging(&self) -> Judging<'_> {
+        Judging { backend: &*self.backend, template: &self.template, config: &self.config }
+    }
+
+    /// With one order, whether this pair is shown as (B, A): a coin flip seeded by the pair's
+    /// content and `sampling.seed`, so it is the same in every batch.
+    pub fn placement_swapped(&self, key: u64) -> bool {
+        self.judging().placement_swapped(key)
+    }
+
+    /// The model input for a pair in one order.
+    pub fn prompt(&self, pair: &PairInput, swapped: bool) -> Prompt {
+        self.judging().prompt(pair, swapped)
+    }
+
+    /// Verdicts for every pair, batched.
+    pub fn judge_batch(&self, items: &[PairInput]) -> Result<Vec<PairVerdict>> {
+        self.judging().judge_batch(items)
+    }
+
+    /// One verdict (a batch of one).
+    pub fn judge(&self, item: &PairInput) -> Result<PairVerdict> {
+        Ok(self.judge_batch(std::slice::from_ref(item))?.pop().expect("one verdict per item"))
+    }
+}
+
+/// Verdicts for every pair from a borrowed backend: what [`PairwiseJudge::judge_batch`] does, for
+/// callers that hold their engine themselves (the pipeline's stages load one per stage). The one
+/// place where a pair is judged: same prompts, same content-derived seeds, same aggregation.
+pub fn judge_pairs(backend: &dyn Backend, template: &JudgeTemplate, config: &JudgeConfig, items: &[PairInput]) -> Result<Vec<PairVerdict>> {
+    Judging { backend, template, config }.judge_batch(items)
+}
+
+/// A judge's settings with the backend it runs on, borrowed for one batch.
+struct Judging<'a> {
+    backend: &'a dyn Backend,
+    template: &'a JudgeTemplate,
+    config: &'a JudgeConfig,
+}
+
+impl Judging<'_> {
     /// With one order, whether this pair is shown as (B, A): a coin flip seeded by the pair's
     /// content and `sampling.seed`, so it is the same in every batch.
     pub fn placement_swapped(&self, key: u64) -> bool {
@@ -375,11 +416,6 @@ impl PairwiseJudge {
             }
         }
         Ok(judgments.into_iter().map(|j| self.aggregate(j)).collect())
-    }
-
-    /// One verdict (a batch of one).
-    pub fn judge(&self, item: &PairInput) -> Result<PairVerdict> {
-        Ok(self.judge_batch(std::slice::from_ref(item))?.pop().expect("one verdict per item"))
     }
 
     fn reason_judgment(&self, slot: &Slot, gen: GenerateOutput, share: f64) -> Judgment {

@@ -19,6 +19,8 @@ pub enum PipelineError {
     Backend(#[from] gramrr_model::backend::BackendError),
     #[error("{0}")]
     Train(#[from] gramrr_train::TrainError),
+    #[error("{0}")]
+    Judge(#[from] gramrr_judge::JudgeError),
     #[error("format {format}: {message}")]
     Format { format: String, message: String },
     #[error("stage {stage}: {message}")]

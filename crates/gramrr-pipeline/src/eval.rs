@@ -1,11 +1,12 @@
-//! Pairwise accuracy of a reward model on labeled pairs: one greedy rationale per pair, the
-//! label parsed from it. An output that names no label counts as wrong (and is counted by its
+//! Pairwise accuracy of a reward model on labeled pairs: one greedy rationale per pair (judged by
+//! gramrr-judge, in one order placed from the pair's content), the label parsed from it. An output that names no label counts as wrong (and is counted by its
 //! failure kind), so formatting failures cannot hide.
 
 use std::collections::BTreeMap;
 
 use gramrr_data::{Label, PreferencePair};
-use gramrr_model::backend::{Backend, GenerateRequest, SamplingParams};
+use gramrr_judge::{judge_pairs, JudgeConfig, JudgeMode, PairInput};
+use gramrr_model::backend::{Backend, SamplingParams};
 use serde::{Deserialize, Serialize};
 
 use crate::data::preference;
@@ -43,23 +44,31 @@ pub fn evaluate(
     mut progress: impl FnMut(usize),
 ) -> Result<(EvalSummary, Vec<Prediction>)> {
     let labeled: Vec<(&PreferencePair, Label)> = pairs.iter().filter_map(|p| preference(p).map(|l| (p, l))).collect();
-    let params = SamplingParams { max_new_tokens, temperature: 0.0, ..Default::default() };
+    // One greedy vote in one order placed from the pair's content: gramrr-judge's verdict, as
+    // `gramrr judge --one-order` gives it.
+    let template = format.judge_template();
+    let config = JudgeConfig {
+        mode: JudgeMode::Reason,
+        both_orders: false,
+        votes: 1,
+        early_stop: false,
+        sampling: SamplingParams { max_new_tokens, temperature: 0.0, ..Default::default() },
+    };
     let mut preds = Vec::with_capacity(labeled.len());
     let mut s = EvalSummary { pairs: labeled.len(), ..Default::default() };
     for part in labeled.chunks(chunk.max(1)) {
-        let reqs: Vec<GenerateRequest> =
-            part.iter().enumerate().map(|(i, (p, _))| GenerateRequest { prompt: format.judge_prompt(p), seed_offset: i as u64 }).collect();
-        let outs = backend.generate(&reqs, &params)?;
-        for ((p, truth), o) in part.iter().zip(outs) {
-            let parsed = format.parse_verdict(&o.text);
-            match &parsed {
-                Ok(l) => {
-                    s.correct += (*l == *truth) as usize;
-                    s.predicted_a += (*l == Label::A) as usize;
+        let inputs: Vec<PairInput> = part.iter().map(|(p, _)| PairInput::from_pair(p)).collect();
+        let verdicts = judge_pairs(backend, &template, &config, &inputs)?;
+        for ((p, truth), v) in part.iter().zip(verdicts) {
+            let j = v.judgments.into_iter().next().expect("one judgment per pair");
+            match (j.label, &j.failure) {
+                (Some(l), _) => {
+                    s.correct += (l == *truth) as usize;
+                    s.predicted_a += (l == Label::A) as usize;
                 }
-                Err(f) => *s.failures.entry(f.kind().to_string()).or_default() += 1,
+                (None, f) => *s.failures.entry(f.as_ref().map_or("no label", |f| f.kind()).to_string()).or_default() += 1,
             }
-            preds.push(Prediction { id: p.id.clone(), label: parsed.ok(), truth: *truth, text: o.text });
+            preds.push(Prediction { id: p.id.clone(), label: j.label, truth: *truth, text: j.rationale.unwrap_or_default() });
         }
         progress(preds.len());
     }

@@ -42,7 +42,8 @@ use crate::progress::{bar, note, TrainBar};
 use crate::pseudo::{pseudo_label, pseudo_stats, PseudoItem};
 use crate::run::{fingerprint_model, prepare_stage_dir, RunDir, StageRecord};
 use crate::store::{merge_parts, read_items, run_chunks, Keyed, Shard};
-use crate::synth::{fnv1a, mix, synth_stats, synthesize, ProofTask, SynthItem};
+use crate::synth::{synth_stats, synthesize, ProofTask, SynthItem};
+use gramrr_judge::seed::{fnv1a, mix};
 
 /// Who is running: the owner of the run directory (records stages in the manifest), or a
 /// worker computing one shard of a generation stage (writes only its part file).
@@ -94,7 +95,7 @@ impl Pipeline {
     }
 
     fn stage_seed(&self, name: &str) -> u64 {
-        mix(self.cfg.seed, fnv1a(name))
+        mix(&[self.cfg.seed, fnv1a(&[name])])
     }
 
     /// The sha256 of an input file, recorded in the manifest (hashed once per process).

@@ -1,21 +1,21 @@
 //! Pseudo-labelling with the first two denoising steps of the paper: majority vote over v
 //! sampled judgments, then a confidence threshold on the label-token probability.
 //!
-//! Each vote is a rationale sampled from π_φ. Its label is parsed from the text; its
-//! probability is read by appending the rationale up to the answer marker, then the answer
+//! Each vote is a rationale sampled from π_φ by gramrr-judge. Its label is parsed from the text;
+//! its probability is read by appending the rationale up to the answer marker, then the answer
 //! prefix, to the judge prompt and taking the softmax of the next token over {A, B}. A pair's
 //! label is the majority of the parsed votes (a tie, or no parsed vote, drops the pair); its
 //! confidence is the mean, over the votes that reached an answer, of the majority label's
 //! probability. Pairs below the threshold are dropped.
 
 use gramrr_data::{Label, PreferencePair};
-use gramrr_model::backend::{Backend, GenerateRequest, LabelRequest, SamplingParams};
+use gramrr_judge::{judge_pairs, JudgeConfig, JudgeMode, PairInput};
+use gramrr_model::backend::{Backend, SamplingParams};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::format::PairFormat;
 use crate::store::Keyed;
-use crate::synth::{fnv1a, mix};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Vote {
@@ -83,6 +83,11 @@ pub fn decide(id: String, index: usize, votes: Vec<Vote>, threshold: f64) -> Pse
 }
 
 /// Labels `pairs` (with their positions in the stage input) by v sampled votes each.
+///
+/// The votes are judged by gramrr-judge (`prob-after-reason`, one order placed from the pair's
+/// content, v votes, no early stop), the same code and the same content-derived seeds as
+/// `gramrr judge --mode prob-after-reason --one-order --votes v` and the server; this function
+/// only applies the paper's denoising (majority, then the confidence threshold) to them.
 pub fn pseudo_label(
     backend: &dyn Backend,
     format: &dyn PairFormat,
@@ -91,35 +96,31 @@ pub fn pseudo_label(
     params: &SamplingParams,
     threshold: f64,
 ) -> Result<Vec<PseudoItem>> {
-    let prompts: Vec<_> = pairs.iter().map(|(_, p)| format.judge_prompt(p)).collect();
-    let mut gen = Vec::with_capacity(pairs.len() * votes);
-    for ((_, p), prompt) in pairs.iter().zip(&prompts) {
-        for j in 0..votes {
-            gen.push(GenerateRequest { prompt: prompt.clone(), seed_offset: mix(fnv1a(&p.id), j as u64) });
-        }
-    }
-    let outs = backend.generate(&gen, params)?;
-    let mut label_reqs = Vec::new();
-    let mut req_of = vec![None; outs.len()];
-    for (i, o) in outs.iter().enumerate() {
-        if let Some(cont) = format.answer_continuation(&o.text) {
-            req_of[i] = Some(label_reqs.len());
-            label_reqs.push(LabelRequest { prompt: prompts[i / votes].clone(), continuation: cont });
-        }
-    }
-    let labels = format.label_strings().to_vec();
-    let probs = if label_reqs.is_empty() { vec![] } else { backend.label_probs(&label_reqs, &labels)? };
+    let template = format.judge_template();
+    let config = JudgeConfig {
+        mode: JudgeMode::ProbAfterReason,
+        both_orders: false,
+        votes,
+        early_stop: false,
+        sampling: params.clone(),
+    };
+    let inputs: Vec<PairInput> = pairs.iter().map(|(_, p)| PairInput::from_pair(p)).collect();
+    let verdicts = judge_pairs(backend, &template, &config, &inputs)?;
     let mut items = Vec::with_capacity(pairs.len());
-    for (pi, (index, p)) in pairs.iter().enumerate() {
-        let vs: Vec<Vote> = (0..votes)
+    for ((index, p), verdict) in pairs.iter().zip(verdicts) {
+        let vs: Vec<Vote> = verdict
+            .judgments
+            .into_iter()
             .map(|j| {
-                let i = pi * votes + j;
-                let parsed = format.parse_verdict(&outs[i].text);
+                let text = j.rationale.unwrap_or_default();
+                // Confidence is read only where the rationale reached its answer: a probability
+                // forced after an unfinished rationale says little about the model's verdict.
+                let answered = text.contains(template.answer_marker.as_str());
                 Vote {
-                    text: outs[i].text.clone(),
-                    label: parsed.as_ref().ok().copied(),
-                    failure: parsed.err().map(|f| f.kind().to_string()),
-                    p_a: req_of[i].map(|r| probs[r].probs[0] as f64),
+                    label: j.label,
+                    failure: j.failure.map(|f| f.kind().to_string()),
+                    p_a: if answered { j.p_a } else { None },
+                    text,
                 }
             })
             .collect();

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 use gramrr_data::{Label, PreferencePair};
 use gramrr_model::backend::{Backend, FinishReason, GenerateRequest, SamplingParams, ScoreRequest};
+use gramrr_judge::seed::mix;
+use gramrr_judge::PairInput;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PipelineError, Result};
@@ -76,24 +78,6 @@ pub fn select_best(samples: &[ProofSample]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
-/// FNV-1a of a string: a per-item seed that does not depend on batch composition.
-pub fn fnv1a(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// SplitMix64 of `a ^ f(b)`: combines seeds without nearby inputs colliding.
-pub fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x632B_E59B_D9B4_E019);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// One pair to prove: its position in the stage input, the pair, the label to prove.
 pub struct ProofTask<'a> {
     pub index: usize,
@@ -113,8 +97,11 @@ pub fn synthesize(
     let prompts = tasks.iter().map(|t| format.prover_prompt(t.pair, t.label).map_err(ferr)).collect::<Result<Vec<_>>>()?;
     let mut gen = Vec::with_capacity(tasks.len() * k);
     for (t, p) in tasks.iter().zip(&prompts) {
+        let key = PairInput::from_pair(t.pair).key();
         for j in 0..k {
-            gen.push(GenerateRequest { prompt: p.clone(), seed_offset: mix(fnv1a(&t.pair.id), j as u64) });
+            // Seeded from the pair's content and the label to prove, with gramrr-judge's hash: the
+            // same pair gets the same proofs in any chunk, shard or run.
+            gen.push(GenerateRequest { prompt: p.clone(), seed_offset: mix(&[key, t.label as u64, j as u64]) });
         }
     }
     let outs = backend.generate(&gen, params)?;

@@ -12,6 +12,7 @@
 use std::path::Path;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PipelineError, Result};
@@ -235,24 +236,60 @@ fn ensure_font() -> bool {
 
 /// A bar chart of test accuracy by stage, with the vanilla RM as a dashed reference line.
 pub fn plot_accuracy(report: &Report, path: &Path) -> Result<()> {
+    plot_accuracy_seeds(std::slice::from_ref(report), path)
+}
+
+/// Splits a stage name into at most two lines of about `width` characters, at a space.
+fn bar_label_lines(name: &str, width: usize) -> Vec<String> {
+    if name.chars().count() <= width {
+        return vec![name.to_string()];
+    }
+    let spaces: Vec<usize> = name.char_indices().filter(|(_, c)| *c == ' ').map(|(i, _)| i).collect();
+    let mid = name.len() / 2;
+    match spaces.iter().min_by_key(|&&i| i.abs_diff(mid)) {
+        Some(&i) => vec![name[..i].to_string(), name[i + 1..].to_string()],
+        None => vec![name.to_string()],
+    }
+}
+
+/// Test accuracy by stage over one or several seeds' reports: bars at the mean, the stage names
+/// whole under the bars, and with several seeds each seed as a dot and its spread (min to max) as
+/// a whisker. The vanilla RM's mean is a dashed reference line.
+pub fn plot_accuracy_seeds(reports: &[Report], path: &Path) -> Result<()> {
     let perr = |m: String| PipelineError::Plot { path: path.to_path_buf(), message: m };
-    let stages = report.stages();
+    let first = reports.first().ok_or_else(|| perr("no reports to plot".into()))?;
+    let names: Vec<String> = first.stages().into_iter().map(|s| s.0).collect();
+    let mut per_stage: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for r in reports {
+        let stages = r.stages();
+        if stages.len() != names.len() {
+            return Err(perr(format!("seed {} has {} stages, seed {} has {}", r.seed, stages.len(), first.seed, names.len())));
+        }
+        for (i, (_, acc)) in stages.into_iter().enumerate() {
+            per_stage[i].push(acc);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let several = reports.len() > 1;
     let text = ensure_font();
-    let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1100, 620)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| perr(e.to_string()))?;
-    let lo = stages.iter().map(|s| s.1).fold(100.0f64, f64::min);
+    let lo = per_stage.iter().flatten().copied().fold(100.0f64, f64::min);
     let y0 = ((lo - 10.0) / 10.0).floor().clamp(0.0, 9.0) * 10.0;
     let mut builder = ChartBuilder::on(&root);
     builder.margin(20);
     if text {
-        builder
-            .caption(format!("gramrr demo: pairwise accuracy on {} held-out pairs (seed {})", report.test_pairs, report.seed), ("sans-serif", 22))
-            .x_label_area_size(40)
-            .y_label_area_size(55);
+        let seeds: Vec<String> = reports.iter().map(|r| r.seed.to_string()).collect();
+        let caption = if several {
+            format!("gramrr demo: pairwise accuracy on {} held-out pairs, mean of seeds {}", first.test_pairs, seeds.join(", "))
+        } else {
+            format!("gramrr demo: pairwise accuracy on {} held-out pairs (seed {})", first.test_pairs, first.seed)
+        };
+        // Room under the plot for two lines of stage names.
+        builder.caption(caption, ("sans-serif", 22)).x_label_area_size(52).y_label_area_size(55);
     }
-    let n = stages.len();
+    let n = names.len();
     let mut chart = builder.build_cartesian_2d(0f64..n as f64, y0..100f64).map_err(|e| perr(e.to_string()))?;
-    let labels: Vec<String> = stages.iter().map(|s| s.0.clone()).collect();
     let mut mesh = chart.configure_mesh();
     mesh.disable_x_mesh().x_labels(0);
     if text {
@@ -271,26 +308,112 @@ pub fn plot_accuracy(report: &Report, path: &Path) -> Result<()> {
         }
     };
     chart
-        .draw_series(stages.iter().enumerate().map(|(i, (name, acc))| {
-            Rectangle::new([(i as f64 + 0.15, y0), (i as f64 + 0.85, *acc)], colour(name).filled())
+        .draw_series(names.iter().zip(&per_stage).enumerate().map(|(i, (name, accs))| {
+            Rectangle::new([(i as f64 + 0.15, y0), (i as f64 + 0.85, mean(accs))], colour(name).filled())
         }))
         .map_err(|e| perr(e.to_string()))?;
-    if text {
-        chart
-            .draw_series(stages.iter().enumerate().map(|(i, (_, acc))| {
-                Text::new(format!("{acc:.1}"), (i as f64 + 0.32, acc + 0.8), ("sans-serif", 15).into_font())
-            }))
-            .map_err(|e| perr(e.to_string()))?;
-        chart
-            .draw_series(labels.iter().enumerate().map(|(i, l)| {
-                Text::new(l.clone(), (i as f64 + 0.1, y0 + (100.0 - y0) * 0.02), ("sans-serif", 13).into_font().color(&WHITE))
-            }))
-            .map_err(|e| perr(e.to_string()))?;
+    if several {
+        let ink = RGBColor(30, 30, 30);
+        for (i, accs) in per_stage.iter().enumerate() {
+            let x = i as f64 + 0.5;
+            let (min, max) = accs.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            chart
+                .draw_series([
+                    PathElement::new(vec![(x, min), (x, max)], ink.stroke_width(2)),
+                    PathElement::new(vec![(x - 0.08, min), (x + 0.08, min)], ink.stroke_width(2)),
+                    PathElement::new(vec![(x - 0.08, max), (x + 0.08, max)], ink.stroke_width(2)),
+                ])
+                .map_err(|e| perr(e.to_string()))?;
+            // Seeds side by side around the whisker, so equal values stay visible.
+            let k = accs.len() as f64;
+            chart
+                .draw_series(accs.iter().enumerate().map(|(j, &v)| {
+                    let dx = 0.2 * (j as f64 - (k - 1.0) / 2.0) / k.max(1.0);
+                    Circle::new((x + dx, v), 4, ink.filled())
+                }))
+                .map_err(|e| perr(e.to_string()))?;
+        }
     }
-    let v = report.accuracy.vanilla_rm;
+    if text {
+        let value_style = ("sans-serif", 15).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom));
+        chart
+            .draw_series(per_stage.iter().enumerate().map(|(i, accs)| {
+                let top = if several { accs.iter().copied().fold(f64::MIN, f64::max) } else { mean(accs) };
+                let label = if several {
+                    let m = mean(accs);
+                    let sd = (accs.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (accs.len() - 1) as f64).sqrt();
+                    format!("{m:.1} ± {sd:.1}")
+                } else {
+                    format!("{:.1}", mean(accs))
+                };
+                Text::new(label, (i as f64 + 0.5, top + 0.8), value_style.clone())
+            }))
+            .map_err(|e| perr(e.to_string()))?;
+        // Stage names under their bars, centred, whole (wrapped onto two lines when long).
+        let name_style = ("sans-serif", 14).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top));
+        for (i, name) in names.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(i as f64 + 0.5, y0));
+            for (line_no, line) in bar_label_lines(name, 16).into_iter().enumerate() {
+                root.draw(&Text::new(line, (px, py + 6 + 17 * line_no as i32), name_style.clone())).map_err(|e| perr(e.to_string()))?;
+            }
+        }
+    }
+    let v = mean(&per_stage[0]);
     chart
         .draw_series(DashedLineSeries::new([(0.0, v), (n as f64, v)], 6, 4, RGBColor(120, 120, 120).stroke_width(1)))
         .map_err(|e| perr(e.to_string()))?;
     root.present().map_err(|e| perr(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod plot_tests {
+    use super::*;
+
+    fn report(seed: u64, shift: f64) -> Report {
+        Report {
+            accuracy: Accuracy {
+                vanilla_rm: 52.0 + shift,
+                gram_rr_initial: 65.0 + shift,
+                gram_rr_self_training: vec![71.0 + shift, 74.0 - shift],
+                gram_rr_final: 72.0,
+                control_extra_steps: 70.0 + shift,
+            },
+            seed,
+            test_pairs: 1000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn long_stage_names_wrap_at_a_space_and_stay_whole() {
+        assert_eq!(bar_label_lines("vanilla RM", 16), vec!["vanilla RM"]);
+        assert_eq!(bar_label_lines("control (extra steps)", 16), vec!["control", "(extra steps)"]);
+        assert_eq!(bar_label_lines("self-training 12", 16), vec!["self-training 12"]);
+        assert_eq!(bar_label_lines("proof-synthesised", 16), vec!["proof-synthesised"], "no space: kept on one line");
+        for name in report(0, 0.0).stages().iter().map(|s| &s.0) {
+            assert_eq!(bar_label_lines(name, 16).join(" "), *name, "nothing is cut");
+        }
+    }
+
+    #[test]
+    fn one_and_several_seeds_plot_and_mismatched_reports_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = dir.path().join("one.png");
+        plot_accuracy(&report(0, 0.0), &one).unwrap();
+        let three = dir.path().join("three.png");
+        plot_accuracy_seeds(&[report(0, 0.0), report(1, 3.0), report(2, -2.0)], &three).unwrap();
+        for p in [&one, &three] {
+            let bytes = std::fs::read(p).unwrap();
+            assert_eq!(&bytes[1..4], b"PNG", "{}", p.display());
+        }
+        if let Some(dir) = std::env::var_os("GRAMRR_KEEP_PLOTS") {
+            std::fs::copy(&one, Path::new(&dir).join("demo_one_seed.png")).unwrap();
+            std::fs::copy(&three, Path::new(&dir).join("demo_three_seeds.png")).unwrap();
+        }
+        let mut short = report(3, 0.0);
+        short.accuracy.gram_rr_self_training.pop();
+        let err = plot_accuracy_seeds(&[report(0, 0.0), short], &dir.path().join("x.png")).unwrap_err().to_string();
+        assert!(err.contains("seed 3 has 5 stages, seed 0 has 6"), "{err}");
+    }
 }

@@ -156,6 +156,10 @@ impl PairFormat for CompactFormat {
 
     /// The `compact` judge preset, so `gramrr judge/eval/serve --template compact` ask a demo
     /// model exactly what it was trained on.
+    fn judge_template(&self) -> JudgeTemplate {
+        JudgeTemplate::compact()
+    }
+
     fn judge_prompt(&self, pair: &PreferencePair) -> Prompt {
         JudgeTemplate::compact().to_prompt(&pair.prompt.as_text(), &pair.response_a, &pair.response_b)
     }

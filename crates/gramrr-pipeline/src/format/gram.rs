@@ -46,6 +46,10 @@ impl PairFormat for GramRrFormat {
         "gram-rr"
     }
 
+    fn judge_template(&self) -> JudgeTemplate {
+        self.judge.clone()
+    }
+
     fn judge_prompt(&self, pair: &PreferencePair) -> Prompt {
         self.judge.to_prompt(&pair.prompt.as_text(), &pair.response_a, &pair.response_b)
     }

@@ -10,6 +10,7 @@
 pub mod compact;
 pub mod gram;
 
+use gramrr_data::prompt::JudgeTemplate;
 use gramrr_data::verdict::ParseFailure;
 use gramrr_data::{Label, PreferencePair};
 use gramrr_model::backend::Prompt;
@@ -50,6 +51,9 @@ pub trait PairFormat: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// The reward model's input for `s = [c, x, y_a, y_b]`.
+    /// The judge template the reward model is prompted and parsed with: gramrr-judge judges
+    /// the pipeline's pairs with it (pseudo-labels, evaluation).
+    fn judge_template(&self) -> JudgeTemplate;
     fn judge_prompt(&self, pair: &PreferencePair) -> Prompt;
 
     /// The preference-proving model's input for `(s, l)`.
