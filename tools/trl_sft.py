@@ -69,7 +69,9 @@ def main() -> None:
     accum = cfg["gradient_accumulation_steps"]
     per_rank = math.ceil(accum / world)
 
-    torch.manual_seed(cfg["seed"])
+    # gramrr's stage seeds are 64-bit; numpy (seeded by transformers) takes 32.
+    seed = cfg["seed"] % 2**32
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     pad_id = model.config.pad_token_id
     if pad_id is None:
@@ -159,8 +161,8 @@ def main() -> None:
         adam_beta2=cfg["adam_beta2"],
         adam_epsilon=cfg["adam_epsilon"],
         max_grad_norm=cfg["max_grad_norm"],
-        seed=cfg["seed"],
-        data_seed=cfg["seed"],
+        seed=seed,
+        data_seed=seed,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
