@@ -144,9 +144,14 @@ def main() -> None:
 
     class RecordLoss(TrainerCallback):
         def on_step_end(self, args_, state, control, **kw):
-            losses.append(trainer.step_loss)
+            # Each rank holds its micro-batches' share of the step's loss.
+            total = torch.tensor(trainer.step_loss, dtype=torch.float64, device=trainer.args.device)
+            if world > 1 and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(total)
+            losses.append(float(total))
             trainer.step_loss = 0.0
-            print(f"step {state.global_step}/{len(steps)} loss {losses[-1]:.6f}", flush=True)
+            if rank == 0:
+                print(f"step {state.global_step}/{len(steps)} loss {losses[-1]:.6f}", flush=True)
 
     sft_args = SFTConfig(
         output_dir=str(args.out),

@@ -147,6 +147,21 @@ fn trl_and_the_builtin_trainer_agree_on_one_stage() {
     println!("final weights: max |Δ| = {d:.3e} ({name}); tolerance {WEIGHT_TOL:.1e}");
     assert!(d < WEIGHT_TOL, "final weights differ by {d} in {name}");
 
+    // Two processes (torchrun, gloo on the CPU): each rank takes every second micro-batch of a
+    // step and the gradients are averaged; the result is the single-process one.
+    let ddp = format!(
+        "backend = \"command\"\ncommand = \"torchrun --nproc_per_node 2 --master_port 29531 {} --data {{data}} --model {{model}} --out {{out}} --threads 1\"",
+        script.display()
+    );
+    let (l_ddp, w_ddp) = run_prover(root, "trl_ddp", &ddp, "decision_weight = 3.0");
+    println!("losses 2 ranks {l_ddp:?}");
+    for (s, (a, b)) in l_builtin.iter().zip(&l_ddp).enumerate() {
+        assert!((a - b).abs() / a.abs() < LOSS_REL_TOL, "2 ranks, step {}: builtin {a} vs TRL {b}", s + 1);
+    }
+    let (d, name) = max_diff(&w_builtin, &w_ddp);
+    println!("2 ranks: final weights max |Δ| = {d:.3e} ({name})");
+    assert!(d < WEIGHT_TOL, "2 ranks: final weights differ by {d} in {name}");
+
     // The comparison can tell: an unweighted run lands far outside the tolerance.
     let (_, w_plain) = run_prover(root, "plain", "", "decision_weight = 1.0");
     let (d_plain, _) = max_diff(&w_builtin, &w_plain);
