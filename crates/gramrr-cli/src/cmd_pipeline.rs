@@ -194,6 +194,11 @@ pub struct DemoArgs {
     /// Overrides --quick.
     #[arg(long, hide = true)]
     pub size: Option<String>,
+    /// Train every stage with this command instead of the built-in trainer (placeholders as in
+    /// `[train] command`, it runs in --out), e.g.
+    /// "python3 /path/to/gramrr/tools/trl_sft.py --data {data} --model {model} --out {out}".
+    #[arg(long, value_name = "COMMAND")]
+    pub train_command: Option<String>,
 }
 
 fn load(config: &Path) -> anyhow::Result<PipelineConfig> {
@@ -269,7 +274,7 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
         Some("tiny") => DemoSize::Tiny,
         Some(o) => anyhow::bail!("--size {o:?}: expected full, quick or tiny"),
     };
-    let report = run_demo(&DemoOptions { out: a.out.clone(), seed: a.seed, size, resume: a.resume })
+    let report = run_demo(&DemoOptions { out: a.out.clone(), seed: a.seed, size, resume: a.resume, train_command: a.train_command })
         .with_context(|| format!("demo in {}", a.out.display()))?;
     println!("{}", report.to_markdown());
     Ok(())
