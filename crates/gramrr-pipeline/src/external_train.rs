@@ -490,12 +490,14 @@ struct CommandOutcome {
     lines: Vec<String>,
 }
 
-/// Runs `line` with `sh -c` in `cwd`; every output line goes to stderr prefixed with the stage
-/// name and to `log`.
+/// Runs `line` with `sh -c` in `cwd`; every output line (stdout and stderr) goes to our stderr
+/// prefixed with the stage name, and to `log`.
 fn run_streamed(stage: &str, line: &str, cwd: &Path, log: &Path) -> Result<CommandOutcome> {
+    // stderr joins stdout in one pipe, so the lines keep the order the command wrote them in
+    // (a traceback last), as a terminal shows them.
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(line)
+        .arg(format!("exec 2>&1\n{line}"))
         .current_dir(cwd)
         .env("GRAMRR_STAGE", stage)
         .env("PYTHONUNBUFFERED", "1")
@@ -677,6 +679,11 @@ impl crate::pipeline::Pipeline {
         tc: &TrainConfig,
         sft: &SftConfig,
     ) -> Result<Option<TrainReport>> {
+        let exporting = self.export_stage.as_ref().is_some_and(|(s, _)| s == name);
+        let command = tc.backend == crate::config::TrainBackend::Command && tc.command.is_some();
+        if !exporting && !command && !self.stage_models.contains_key(name) {
+            return Ok(None);
+        }
         let tok = TextTokenizer::from_dir(init)?;
         let job = StageJob { stage: name, init, tok: &tok, examples, tc, sft };
         if let Some((stage, dir)) = &self.export_stage {
@@ -705,12 +712,14 @@ impl crate::pipeline::Pipeline {
                 out_dir: Some(from.clone()),
             }));
         }
-        match (tc.backend, &tc.command) {
-            (crate::config::TrainBackend::Command, Some(command)) => {
-                let cwd = self.origin.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                run_command(&job, command, stage_dir, cwd).map(Some)
-            }
-            _ => Ok(None),
-        }
+        let (crate::config::TrainBackend::Command, Some(command)) = (tc.backend, &tc.command) else {
+            return Ok(None);
+        };
+        let cwd = self.origin.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let report = run_command(&job, command, stage_dir, cwd)?;
+        // As the built-in trainer leaves it (the control stage looks for it to skip done rounds).
+        let path = stage_dir.join("train").join("train_report.json");
+        gramrr_model::fsutil::write_json_atomic(&path, &serde_json::to_value(&report).expect("the report serializes"))?;
+        Ok(Some(report))
     }
 }
