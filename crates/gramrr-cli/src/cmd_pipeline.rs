@@ -58,6 +58,83 @@ pub struct RunArgs {
     /// resumes at the chunk or checkpoint it reached. Without it an existing run is an error.
     #[arg(long)]
     pub resume: bool,
+    /// A model trained elsewhere for a training stage, e.g. `--stage-model rm=/ckpt/rm`
+    /// (repeatable). DIR holds an HF checkpoint (config.json + safetensors, same architecture
+    /// and vocabulary as the stage's starting model) or a PEFT LoRA adapter, which is merged.
+    /// The stage is recorded from it instead of training. Stages: prover, rm, iterI/rm, final,
+    /// baseline, control/roundJ, adapt/train. Get their data with `gramrr export-sft`.
+    #[arg(long, value_name = "STAGE=DIR")]
+    pub stage_model: Vec<String>,
+}
+
+/// `gramrr export-sft`: write a training stage's data and settings without training.
+#[derive(Args)]
+#[command(after_long_help = "\
+Writes OUT/tokens.jsonl (exact token ids, completion mask, loss weights), OUT/schedule.json \
+(gramrr's micro-batch order), OUT/prompt_completion.jsonl and OUT/messages.jsonl (TRL), \
+OUT/llamafactory/ (dataset_info.json, alpaca and sharegpt files, train.json), \
+OUT/train_config.json (every hyperparameter) and OUT/README.md (the fields, and what each \
+format loses). The stages before STAGE must be done; STAGE itself must not be.
+
+Train elsewhere, e.g. `accelerate launch tools/trl_sft.py --data OUT --model BASE --out CKPT`, \
+then bring the model back: `gramrr pipeline run CONFIG --resume --stage-model STAGE=CKPT`.")]
+pub struct ExportSftArgs {
+    /// The pipeline configuration (TOML; see examples/pipeline.toml).
+    pub config: PathBuf,
+    /// The training stage: prover, rm, iterI/rm, final, baseline, control/round1 or adapt/train.
+    #[arg(long)]
+    pub stage: String,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Parses `--stage-model STAGE=DIR` values.
+fn stage_models(specs: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, PathBuf>> {
+    let mut out = std::collections::BTreeMap::new();
+    for s in specs {
+        let Some((stage, dir)) = s.split_once('=') else {
+            anyhow::bail!("--stage-model {s:?}: expected STAGE=DIR");
+        };
+        if !gramrr_pipeline::external_train::is_training_stage(stage) {
+            anyhow::bail!("--stage-model {s:?}: {stage:?} is not a training stage (prover, rm, iterI/rm, final, baseline, control/roundJ, adapt/train)");
+        }
+        let dir = PathBuf::from(dir);
+        if !dir.is_dir() {
+            anyhow::bail!("--stage-model {s:?}: {} is not a directory", dir.display());
+        }
+        out.insert(stage.to_string(), dir.canonicalize()?);
+    }
+    Ok(out)
+}
+
+pub fn export_sft(a: ExportSftArgs) -> anyhow::Result<()> {
+    use gramrr_pipeline::PipelineError;
+    let stage = a.stage.as_str();
+    if !gramrr_pipeline::external_train::is_training_stage(stage) {
+        anyhow::bail!("--stage {stage:?}: not a training stage (prover, rm, iterI/rm, final, baseline, control/round1, adapt/train)");
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut p = owner(&a.config)?;
+    p.export_stage = Some((stage.to_string(), a.out.canonicalize()?));
+    let iteration = |s: &str| s.strip_prefix("iter").and_then(|s| s.strip_suffix("/rm")).and_then(|n| n.parse::<usize>().ok());
+    let result = match stage {
+        "prover" => p.stage_prover().map(Some),
+        "rm" => p.stage_reward_model().map(Some),
+        "final" => p.stage_final().map(Some),
+        "baseline" => p.stage_baseline().map(Some),
+        "adapt/train" => p.stage_adapt(),
+        s if s.starts_with("control/") => p.stage_control().map(Some),
+        s => p.stage_retrain(iteration(s).expect("checked above")).map(Some),
+    };
+    match result {
+        Err(PipelineError::Exported(summary)) => print_json(&summary),
+        Err(e) => Err(e.into()),
+        Ok(_) => anyhow::bail!(
+            "stage {stage} is already done in {}: its data was not written again (export before training, or use a new run_dir)",
+            p.cfg.run_dir.display()
+        ),
+    }
 }
 
 #[derive(Args)]
@@ -123,6 +200,11 @@ pub struct DemoArgs {
     /// spread (min to max) a whisker. `bash tools/bench_demo.sh 0 1 2` does this for BENCHMARKS.md.
     #[arg(long, num_args = 1.., value_name = "DEMO_DIR")]
     pub combine: Vec<PathBuf>,
+    /// Train every stage with this command instead of the built-in trainer (placeholders as in
+    /// `[train] command`, it runs in --out), e.g.
+    /// "python3 /path/to/gramrr/tools/trl_sft.py --data {data} --model {model} --out {out}".
+    #[arg(long, value_name = "COMMAND")]
+    pub train_command: Option<String>,
 }
 
 fn load(config: &Path) -> anyhow::Result<PipelineConfig> {
@@ -148,7 +230,9 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
 pub fn run(c: PipelineCommand) -> anyhow::Result<()> {
     match c {
         PipelineCommand::Run(a) => {
+            let models = stage_models(&a.stage_model)?;
             let mut p = Pipeline::open(load(&a.config)?, &a.config, a.resume)?;
+            p.stage_models = models;
             let summary = p.run_all()?;
             print_json(&summary)?;
         }
@@ -211,7 +295,7 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
         Some("tiny") => DemoSize::Tiny,
         Some(o) => anyhow::bail!("--size {o:?}: expected full, quick or tiny"),
     };
-    let report = run_demo(&DemoOptions { out: a.out.clone(), seed: a.seed, size, resume: a.resume })
+    let report = run_demo(&DemoOptions { out: a.out.clone(), seed: a.seed, size, resume: a.resume, train_command: a.train_command })
         .with_context(|| format!("demo in {}", a.out.display()))?;
     println!("{}", report.to_markdown());
     Ok(())

@@ -49,6 +49,10 @@ enum Command {
     /// The GRAM-R² training pipeline.
     #[command(subcommand)]
     Pipeline(cmd_pipeline::PipelineCommand),
+    /// Write a training stage's data (TRL, LLaMA-Factory and token formats) and hyperparameters
+    /// without training, to train it elsewhere and bring the model back with `pipeline run
+    /// --resume --stage-model STAGE=DIR`.
+    ExportSft(cmd_pipeline::ExportSftArgs),
     /// Run the whole method end to end in a built-in synthetic domain, from scratch, on CPU.
     ///
     /// Builds a seeded world of 2-digit arithmetic preference pairs (a few with human-style
@@ -96,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         Command::Data(c) => cmd_eval::data(c),
         Command::Serve(a) => cmd_serve::serve(a),
         Command::Pipeline(c) => cmd_pipeline::run(c),
+        Command::ExportSft(a) => cmd_pipeline::export_sft(a),
         Command::Demo(a) => cmd_pipeline::demo(a),
     }
 }

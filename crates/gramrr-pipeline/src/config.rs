@@ -194,6 +194,32 @@ pub struct TrainConfig {
     /// only to itself. Same loss and gradients as padded batches, less compute when lengths vary.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub padding_free: bool,
+    /// Who trains the stage: gramrr's own trainer, or an external command (TRL, LLaMA-Factory,
+    /// under accelerate/DeepSpeed/FSDP; see `external_train`). Left out of the serialized
+    /// table at its default so runs made before this key existed keep their stage keys.
+    #[serde(skip_serializing_if = "TrainBackend::is_builtin")]
+    pub backend: TrainBackend,
+    /// The shell command of `backend = "command"`, with placeholders (`{model}`, `{data}`,
+    /// `{out}`, `{config}`, ...; see `external_train::PLACEHOLDERS`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+/// Which trainer runs a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainBackend {
+    /// gramrr-train, in process: exact, resumable, right for CPUs and small models.
+    #[default]
+    Builtin,
+    /// `command`, run through the shell on data and settings gramrr writes for it.
+    Command,
+}
+
+impl TrainBackend {
+    pub fn is_builtin(&self) -> bool {
+        *self == TrainBackend::Builtin
+    }
 }
 
 impl Default for TrainConfig {
@@ -219,6 +245,8 @@ impl Default for TrainConfig {
             lora: None,
             workers: 1,
             padding_free: false,
+            backend: TrainBackend::Builtin,
+            command: None,
         }
     }
 }
@@ -516,6 +544,17 @@ impl PipelineConfig {
             }
             if t.scheduler.parse::<Scheduler>().is_err() {
                 return bad(format!("{name}.train.scheduler = {:?}: expected constant, linear or cosine", t.scheduler));
+            }
+            match (t.backend, &t.command) {
+                (TrainBackend::Command, None) => {
+                    return bad(format!("{name}.train.backend = \"command\" needs {name}.train.command (the trainer's shell command)"))
+                }
+                (_, Some(c)) => {
+                    if let Err(m) = crate::external_train::check_placeholders(c) {
+                        return bad(format!("{name}.train.command: {m}"));
+                    }
+                }
+                _ => {}
             }
         }
         if let FormatConfig::GramRr { context_free, .. } = &self.format {

@@ -27,6 +27,10 @@ pub enum PipelineError {
     Stage { stage: String, message: String },
     #[error("{path}: {message}")]
     Plot { path: PathBuf, message: String },
+    /// Not a failure: `gramrr export-sft` stops its stage here, before training, with what it
+    /// wrote. The stage stays unfinished.
+    #[error("stage {}: training data and settings written to {} (not trained)", .0.stage, .0.dir.display())]
+    Exported(Box<crate::external_train::ExportSummary>),
 }
 
 impl PipelineError {

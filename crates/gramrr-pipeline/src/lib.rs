@@ -8,6 +8,7 @@ pub mod data;
 pub mod demo;
 pub mod error;
 pub mod eval;
+pub mod external_train;
 pub mod format;
 pub mod pipeline;
 pub mod progress;

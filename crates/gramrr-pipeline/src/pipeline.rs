@@ -68,6 +68,11 @@ pub struct Pipeline {
     pub interrupt_after_chunks: Option<usize>,
     /// Set by [`Self::merge`]: item stages compute nothing and only merge what the shards wrote.
     merge_only: bool,
+    /// Models trained elsewhere, by training stage (`--stage-model STAGE=DIR`): imported
+    /// instead of trained (see [`crate::external_train`]).
+    pub stage_models: BTreeMap<String, PathBuf>,
+    /// `gramrr export-sft`: this stage writes its data and settings to this directory and stops.
+    pub export_stage: Option<(String, PathBuf)>,
 }
 
 /// What an item stage does once every item is in: writes its outputs, returns them with stats.
@@ -91,7 +96,7 @@ impl Pipeline {
     fn with_run(cfg: PipelineConfig, origin: &Path, run: RunDir, role: Role) -> Result<Self> {
         let format: Arc<dyn PairFormat> = Arc::from(format::from_config(&cfg.format, &cfg.filter));
         let opts = cfg.engine.load_options(origin)?;
-        Ok(Self { cfg, origin: origin.to_path_buf(), run, format, opts, role, hashes: HashMap::new(), interrupt_after_chunks: None, merge_only: false })
+        Ok(Self { cfg, origin: origin.to_path_buf(), run, format, opts, role, hashes: HashMap::new(), interrupt_after_chunks: None, merge_only: false, stage_models: BTreeMap::new(), export_stage: None })
     }
 
     fn stage_seed(&self, name: &str) -> u64 {
@@ -191,6 +196,11 @@ impl Pipeline {
     /// Trains from `init` into `stage_dir/model`. Checkpoints go to `stage_dir/train` so a
     /// killed stage resumes from its last checkpoint.
     fn train(&self, name: &str, init: &Path, stage_dir: &Path, examples: &[SftExample], tc: &TrainConfig, steps: Option<usize>) -> Result<TrainReport> {
+        let table = name.replace('/', ".");
+        let sft = tc.sft_config(self.stage_seed(name), steps, &self.origin, &table)?;
+        if let Some(report) = self.train_elsewhere(name, init, stage_dir, examples, tc, &sft)? {
+            return Ok(report);
+        }
         let device = self.opts.device.device()?;
         let cfg = DecoderConfig::from_file(&init.join("config.json"))?;
         let decoder = {
@@ -198,8 +208,6 @@ impl Pipeline {
             Decoder::load(&cfg, &ck)?
         };
         let tok = TextTokenizer::from_dir(init)?;
-        let table = name.replace('/', ".");
-        let sft = tc.sft_config(self.stage_seed(name), steps, &self.origin, &table)?;
         let out = TrainOutput { dir: stage_dir.join("train"), base_model_dir: Some(init.to_path_buf()), plot: true };
         let mut obs = TrainBar::new(name);
         let (decoder, report) = train_sft(decoder, &tok, examples, &sft, Some(&out), &mut obs)?;

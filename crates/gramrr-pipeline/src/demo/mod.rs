@@ -221,6 +221,9 @@ pub struct DemoOptions {
     pub size: DemoSize,
     /// Continue a run already in `out` (finished stages are skipped).
     pub resume: bool,
+    /// Train every stage (the backbone's pretraining too) with this external command instead of
+    /// the built-in trainer (`backend = "command"`; see `external_train`). It runs in `out`.
+    pub train_command: Option<String>,
 }
 
 fn write_truth(path: &Path, ids: &[PreferencePair], labels: &[Label]) -> Result<()> {
@@ -427,7 +430,13 @@ fn pct_f(x: f64, n: usize) -> f64 {
 /// Runs the demo and writes `report.json`, `report.md` and `accuracy.png` into `opts.out`.
 pub fn run_demo(opts: &DemoOptions) -> Result<Report> {
     let t0 = Instant::now();
-    let cfg = DemoConfig::new(opts.size);
+    let mut cfg = DemoConfig::new(opts.size);
+    if let Some(command) = &opts.train_command {
+        for t in [&mut cfg.pretrain, &mut cfg.prover, &mut cfg.reward_model, &mut cfg.baseline, &mut cfg.self_training.train, &mut cfg.final_tune] {
+            t.backend = crate::config::TrainBackend::Command;
+            t.command = Some(command.clone());
+        }
+    }
     let out = &opts.out;
     std::fs::create_dir_all(out).map_err(|e| PipelineError::io(out, e))?;
     note(format!("demo ({}, seed {}): generating the domain", opts.size.as_str(), opts.seed));
