@@ -80,7 +80,7 @@ impl JudgeOptions {
 
 /// The model behind every judge command.
 pub(crate) fn load_backend(model: &ModelArgs) -> Result<Arc<dyn Backend>> {
-    Ok(Arc::new(model.load()?))
+    model.backend(gramrr_remote::Needs::ALL)
 }
 
 /// Where the records come from: any format the data crate reads.

@@ -146,11 +146,20 @@ impl Pool {
         serde_json::from_str(&text).map_err(|e| format!("GET {url}: not JSON ({e}): {}", clip(&text)))
     }
 
-    /// One POST to one replica, no retries.
+    /// One POST to one replica, retried (with backoff) on 429 and 5xx only: the probe's
+    /// requests, where any other refusal means the capability is missing.
     pub fn post_once(&self, replica: usize, path: &str, body: &Value) -> Result<Value, String> {
-        match self.attempt(&self.agent, replica, path, body) {
-            Ok(v) => Ok(v),
-            Err(Failure::Unreachable(m) | Failure::Retry(m) | Failure::Fatal(m)) => Err(m),
+        let mut tries = 0;
+        loop {
+            match self.attempt(&self.agent, replica, path, body) {
+                Ok(v) => return Ok(v),
+                Err(Failure::Retry(m)) if tries >= self.cfg.retries => return Err(m),
+                Err(Failure::Retry(_)) => {
+                    std::thread::sleep(self.cfg.backoff * 2u32.saturating_pow(tries.min(16) as u32));
+                    tries += 1;
+                }
+                Err(Failure::Unreachable(m) | Failure::Fatal(m)) => return Err(m),
+            }
         }
     }
 
