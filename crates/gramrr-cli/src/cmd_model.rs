@@ -392,6 +392,26 @@ pub struct BenchArgs {
 enum BenchWhat {
     /// Engine: scoring throughput, greedy decoding, peak RSS, GEMM efficiency.
     Engine(BenchEngineArgs),
+    /// The remote backend's own cost per request: scoring requests against N in-process
+    /// loopback servers that answer at once (so only gramrr's client work and the HTTP round
+    /// trip show).
+    Remote(BenchRemoteArgs),
+}
+
+#[derive(Args)]
+struct BenchRemoteArgs {
+    /// Any model directory: only its tokenizer is used.
+    #[arg(long)]
+    tokenizer: String,
+    /// Instant servers (replicas).
+    #[arg(long, default_value_t = 8)]
+    servers: usize,
+    /// Scoring requests sent.
+    #[arg(long, default_value_t = 20000)]
+    requests: usize,
+    /// Requests in flight per server.
+    #[arg(long, default_value_t = 16)]
+    max_in_flight: usize,
 }
 
 #[derive(Args)]
@@ -443,7 +463,32 @@ fn best_of<F: FnMut() -> Result<()>>(reps: usize, mut f: F) -> Result<f64> {
 pub fn bench(a: BenchArgs) -> Result<()> {
     match a.what {
         BenchWhat::Engine(b) => bench_engine(b),
+        BenchWhat::Remote(b) => bench_remote(b),
     }
+}
+
+fn bench_remote(b: BenchRemoteArgs) -> Result<()> {
+    let urls = (0..b.servers.max(1)).map(|_| gramrr_remote::instant::spawn()).collect::<std::io::Result<Vec<_>>>()?;
+    let mut cfg = gramrr_remote::RemoteConfig::new(urls, b.tokenizer.clone());
+    cfg.pool.max_in_flight = b.max_in_flight.max(1);
+    let remote = gramrr_remote::RemoteBackend::connect(cfg)?;
+    let reqs: Vec<ScoreRequest> = (0..b.requests)
+        .map(|i| ScoreRequest {
+            prompt: Prompt::Raw(format!("Question {i}: which of the two answers is better, and why? Think it through.")),
+            completion: format!(" Answer {i} is better."),
+        })
+        .collect();
+    let t = Instant::now();
+    let out = remote.score(&reqs)?;
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(out.len() == reqs.len() && out.iter().all(|o| o.completion_tokens > 0), "every request answered");
+    let v = json!({
+        "servers": b.servers, "requests": b.requests, "max_in_flight": b.max_in_flight, "seconds": secs,
+        "requests_per_s": b.requests as f64 / secs, "us_per_request": secs * 1e6 / b.requests as f64,
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
 }
 
 fn bench_engine(b: BenchEngineArgs) -> Result<()> {

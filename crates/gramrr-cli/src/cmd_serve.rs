@@ -77,7 +77,7 @@ pub struct ServeArgs {
 pub fn serve(a: ServeArgs) -> Result<()> {
     // A local model also answers the OpenAI routes; a remote one only the judge routes.
     let (backend, completions) = if a.model.is_remote() {
-        (load_backend(&a.model)?, None)
+        (load_backend(&a.model, &a.judge)?, None)
     } else {
         let engine = Arc::new(a.model.load()?);
         let name = a.model.served_model.clone().unwrap_or_else(|| a.model.model.clone());

@@ -18,6 +18,7 @@
 //! engine's samples: each request's `seed` is derived from the run seed and the first sample's
 //! `seed_offset`.
 
+pub mod instant;
 pub mod launch;
 mod pool;
 
