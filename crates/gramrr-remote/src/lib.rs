@@ -573,3 +573,32 @@ impl Backend for RemoteBackend {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_split_trimmed_and_checked() {
+        assert_eq!(parse_urls("http://a:1/v1/, http://b:2/v1").unwrap(), vec!["http://a:1/v1", "http://b:2/v1"]);
+        assert!(parse_urls("a:1/v1").unwrap_err().to_string().contains("not an http"));
+        assert!(parse_urls(" , ").is_err());
+        assert!(is_url("https://x/v1") && !is_url("./model"));
+    }
+
+    #[test]
+    fn both_orders_of_a_pair_share_an_affinity_key_and_seeds_fit_31_bits() {
+        assert_eq!(affinity(&[5, 1, 9, 1]), affinity(&[9, 1, 1, 5]));
+        assert_ne!(affinity(&[5, 1, 9]), affinity(&[5, 1, 8]));
+        for (s, o) in [(0, 0), (u64::MAX, 7), (42, 1 << 40)] {
+            assert!(request_seed(s, o) <= i32::MAX as u64);
+        }
+        assert_ne!(request_seed(1, 0), request_seed(1, 1));
+    }
+
+    #[test]
+    fn vllm_prompt_logprobs_are_read_by_token_id() {
+        let v = json!({"choices": [{"index": 0, "text": "", "prompt_logprobs": [null, {"7": {"logprob": -0.5, "rank": 1}, "3": {"logprob": -0.1}}, {"9": -2.0}]}]});
+        assert_eq!(prompt_logprobs(&v, &[1, 7, 9]).unwrap(), vec![None, Some(-0.5), Some(-2.0)]);
+    }
+}

@@ -29,6 +29,8 @@ enum Fault {
     HangAfter(usize),
     /// Completions without any log-probs (as a server with them switched off).
     NoLogprobs,
+    /// `echo` gives no prompt log-probs, but vLLM's `prompt_logprobs` does.
+    PromptLogprobsOnly,
 }
 
 /// The log-prob the fakes give token `id` at any position: the test knows the exact answer.
@@ -61,12 +63,21 @@ fn answer(body: &Value, fault: Fault) -> Value {
         .map(|i| {
             let mut c = json!({"index": i, "text": format!("t{}", ids.iter().sum::<u64>() + i as u64), "finish_reason": "length"});
             if let (Some(k), false) = (logprobs, fault == Fault::NoLogprobs) {
+                let echo = echo && fault != Fault::PromptLogprobsOnly;
                 let shown: Vec<u64> = if echo { ids.iter().copied().chain([gen_id]).collect() } else { vec![gen_id] };
                 let token_lp: Vec<Value> =
                     shown.iter().enumerate().map(|(j, &t)| if echo && j == 0 { Value::Null } else { json!(lp(t)) }).collect();
                 let top: Vec<Value> =
                     shown.iter().map(|&t| json!((0..k).map(|x| (format!("token_id:{}", t + x), json!(lp(t + x)))).collect::<serde_json::Map<_, _>>())).collect();
                 c["logprobs"] = json!({"tokens": shown.iter().map(|t| format!("token_id:{t}")).collect::<Vec<_>>(), "token_logprobs": token_lp, "top_logprobs": top});
+            }
+            if body.get("prompt_logprobs").is_some() && fault == Fault::PromptLogprobsOnly {
+                let p: Vec<Value> = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &t)| if j == 0 { Value::Null } else { json!({t.to_string(): {"logprob": lp(t), "rank": 1}}) })
+                    .collect();
+                c["prompt_logprobs"] = json!(p);
             }
             c
         })
@@ -301,4 +312,13 @@ fn in_flight_is_bounded_per_replica_and_both_orders_of_a_pair_share_a_replica() 
     // The probe's prompt reaches both; no pair's multiset does.
     assert!(probe_prompts <= 1, "{probe_prompts} pairs were split across replicas");
     assert!(seen_a.len() > 10 && seen_b.len() > 10, "work spread over both replicas: {} and {}", seen_a.len(), seen_b.len());
+}
+
+#[test]
+fn a_server_with_prompt_logprobs_but_no_echo_logprobs_scores_through_them() {
+    let a = fake(Fault::PromptLogprobsOnly);
+    let remote = RemoteBackend::connect(config(&[&a])).unwrap();
+    assert!(!remote.capabilities.echo_logprobs && remote.capabilities.prompt_logprobs, "{:?}", remote.capabilities);
+    let reqs = score_requests(20);
+    check_scores(&reqs, &remote.score(&reqs).unwrap());
 }
