@@ -165,7 +165,8 @@ pub struct JudgeArgs {
 
 pub fn judge(a: JudgeArgs) -> Result<()> {
     let pairs = read_pairs(&a.input)?;
-    let judge = a.judge.build(load_backend(&a.model, &a.judge)?)?;
+    let model = a.model.connect(a.judge.needs())?;
+    let judge = a.judge.build(model.backend.clone())?;
     let mut out = JsonlWriter::create(&a.output)?;
     let pb = progress_bar(pairs.len() as u64, "judging");
     let mut verdicts = Vec::with_capacity(pairs.len());
@@ -186,6 +187,7 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
                 "usage": v.usage,
             }))?;
         }
+        pb.set_message(model.label("judging"));
         pb.inc(chunk.len() as u64);
         verdicts.extend(vs);
     }

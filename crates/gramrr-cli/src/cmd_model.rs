@@ -67,10 +67,16 @@ impl ModelArgs {
     /// The model behind a command: the local engine, or the remote servers (probed for what
     /// `needs` asks, so a server that cannot do the work is refused before any).
     pub fn backend(&self, needs: gramrr_remote::Needs) -> Result<Arc<dyn Backend>> {
+        Ok(self.connect(needs)?.backend)
+    }
+
+    /// [`Self::backend`], keeping the remote side's handle for progress lines.
+    pub fn connect(&self, needs: gramrr_remote::Needs) -> Result<Connected> {
         if !self.is_remote() {
-            return Ok(Arc::new(self.load()?));
+            return Ok(Connected { backend: Arc::new(self.load()?), remote: None });
         }
-        Ok(Arc::new(self.remote(needs)?))
+        let r = Arc::new(self.remote(needs)?);
+        Ok(Connected { backend: r.clone(), remote: Some(r) })
     }
 
     pub fn remote(&self, needs: gramrr_remote::Needs) -> Result<gramrr_remote::RemoteBackend> {
@@ -85,7 +91,6 @@ impl ModelArgs {
         cfg.pool.max_in_flight = self.max_in_flight.max(1);
         cfg.pool.request_timeout = std::time::Duration::from_secs(self.request_timeout.max(1));
         cfg.pool.api_key = std::env::var("GRAMRR_API_KEY").or_else(|_| std::env::var("OPENAI_API_KEY")).ok().filter(|k| !k.is_empty());
-        cfg.pool.progress_from = 64;
         gramrr_remote::RemoteBackend::connect(cfg).with_context(|| format!("connecting to {}", self.model))
     }
 
@@ -96,6 +101,22 @@ impl ModelArgs {
             self.model.split(',').count() * self.max_in_flight.max(1) * 4
         } else {
             self.batch_size.max(1) * local_batches
+        }
+    }
+}
+
+/// A command's model, and for servers the client whose rates the progress bar shows.
+pub struct Connected {
+    pub backend: Arc<dyn Backend>,
+    pub remote: Option<Arc<gramrr_remote::RemoteBackend>>,
+}
+
+impl Connected {
+    /// The progress bar's label: `what`, plus requests/s, tokens/s and replicas up remotely.
+    pub fn label(&self, what: &str) -> String {
+        match &self.remote {
+            Some(r) => format!("{what} ({})", r.status_line()),
+            None => what.to_string(),
         }
     }
 }
@@ -283,7 +304,8 @@ struct LogprobsLine {
 
 pub fn logprobs(a: LogprobsArgs) -> Result<()> {
     let lines: Vec<LogprobsLine> = read_jsonl(&a.input)?;
-    let engine = a.model.backend(gramrr_remote::Needs::SCORE)?;
+    let model = a.model.connect(gramrr_remote::Needs::SCORE)?;
+    let engine = model.backend.clone();
     let mut w = JsonlWriter::create(&a.output)?;
     let pb = progress_bar(lines.len() as u64, "scoring");
     // Chunks of several batches: long enough to group by length, short enough for progress.
@@ -293,6 +315,7 @@ pub fn logprobs(a: LogprobsArgs) -> Result<()> {
         for o in engine.score(&reqs)? {
             w.write(&o)?;
         }
+        pb.set_message(model.label("scoring"));
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
@@ -358,7 +381,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         };
         reqs.push(GenerateRequest { prompt, seed_offset: i as u64 });
     }
-    let engine = a.model.backend(gramrr_remote::Needs::GENERATE)?;
+    let model = a.model.connect(gramrr_remote::Needs::GENERATE)?;
+    let engine = model.backend.clone();
     let params = SamplingParams {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,
@@ -374,6 +398,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         for o in engine.generate(chunk, &params)? {
             w.write(&GenerateOut { text: &o.text, token_ids: &o.token_ids, finish_reason: o.finish_reason })?;
         }
+        pb.set_message(model.label("generating"));
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();

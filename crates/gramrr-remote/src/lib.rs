@@ -285,6 +285,11 @@ impl RemoteBackend {
         (self.pool.requests_done.load(std::sync::atomic::Ordering::Relaxed), self.pool.retries_done.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    /// `requests/s, tokens/s, replicas up` since the first request: for progress bars.
+    pub fn status_line(&self) -> String {
+        self.pool.status_line()
+    }
+
     /// The prompt's token ids, as the local engine encodes them.
     pub fn encode_prompt(&self, prompt: &Prompt) -> BackendResult<Vec<u32>> {
         Ok(match prompt {

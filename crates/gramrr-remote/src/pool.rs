@@ -86,6 +86,9 @@ pub(crate) struct Pool {
     /// Totals for the progress line and for reports.
     pub requests_done: AtomicU64,
     pub retries_done: AtomicU64,
+    pub tokens_done: AtomicU64,
+    /// When the first batch started, for the rates.
+    pub first_use: Mutex<Option<Instant>>,
 }
 
 fn agent(timeout: Duration, idle: usize) -> ureq::Agent {
@@ -110,6 +113,8 @@ impl Pool {
             changed: Condvar::new(),
             requests_done: AtomicU64::new(0),
             retries_done: AtomicU64::new(0),
+            tokens_done: AtomicU64::new(0),
+            first_use: Mutex::new(None),
         }
     }
 
@@ -241,6 +246,7 @@ impl Pool {
         let pinned: Mutex<HashMap<u64, usize>> = Mutex::new(HashMap::new());
         let pending = Mutex::new(n);
         let bar = self.progress(n, label);
+        self.first_use.lock().unwrap().get_or_insert_with(Instant::now);
         let started = Instant::now();
         let tokens = AtomicU64::new(0);
         let threads = (self.urls.len() * self.cfg.max_in_flight).min(n).max(1);
@@ -277,6 +283,7 @@ impl Pool {
                             self.release(replica, Some(true));
                             if let Some(u) = v.get("usage").and_then(|u| u.get("total_tokens")).and_then(Value::as_u64) {
                                 tokens.fetch_add(u, Ordering::Relaxed);
+                                self.tokens_done.fetch_add(u, Ordering::Relaxed);
                             }
                             let mut a = answers.lock().unwrap();
                             if a[i].is_none() {
@@ -331,6 +338,18 @@ impl Pool {
             return Err(RemoteError::Request(m));
         }
         Ok(answers.into_inner().unwrap().into_iter().map(|a| a.expect("every call answered")).collect())
+    }
+
+    /// `requests/s, tokens/s, replicas up` since the first batch, for progress lines.
+    pub fn status_line(&self) -> String {
+        let secs = self.first_use.lock().unwrap().map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0).max(1e-9);
+        format!(
+            "{:.1} req/s, {:.0} tok/s, replicas up {}/{}",
+            self.requests_done.load(Ordering::Relaxed) as f64 / secs,
+            self.tokens_done.load(Ordering::Relaxed) as f64 / secs,
+            self.replicas_up(),
+            self.urls.len()
+        )
     }
 
     fn progress(&self, n: usize, label: &str) -> Option<ProgressBar> {

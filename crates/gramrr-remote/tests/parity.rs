@@ -82,6 +82,7 @@ fn greedy_generations_scores_and_label_probs_match_the_local_engine() {
             }
         }
     }
+    assert!(remote.status_line().ends_with("replicas up 1/1") && remote.status_line().contains("req/s"), "{}", remote.status_line());
     let (requests, retries) = remote.counters();
     assert!(requests > 0 && retries == 0, "{requests} requests, {retries} retries");
 }
