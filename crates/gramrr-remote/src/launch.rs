@@ -3,6 +3,8 @@
 //! `/v1/models` answers, and stopped (SIGTERM to the group, then SIGKILL) when the
 //! [`LaunchedServers`] value is dropped: after the stage, on error, or on panic. On Linux each
 //! server also gets SIGTERM if gramrr itself dies (Ctrl-C, kill), through `PR_SET_PDEATHSIG`.
+//! That signal fires when the *thread* that started the server ends, so start them from a
+//! thread that outlives them (the pipeline starts them on its main thread).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -134,8 +134,8 @@ fn serve_conn(stream: TcpStream, fault: Fault, f: Arc<FakeState>) -> std::io::Re
                 }
                 Ok(())
             }
-            Fault::Flaky if k % 3 == 0 => respond(&mut w, 500, &json!({"error": "boom"})),
-            Fault::Flaky if k % 5 == 0 => respond(&mut w, 429, &json!({"error": "slow down"})),
+            Fault::Flaky if k.is_multiple_of(3) => respond(&mut w, 500, &json!({"error": "boom"})),
+            Fault::Flaky if k.is_multiple_of(5) => respond(&mut w, 429, &json!({"error": "slow down"})),
             _ => {
                 let mut ids: Vec<u64> = body["prompt"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
                 ids.sort_unstable();
@@ -284,7 +284,7 @@ fn a_server_without_logprobs_is_refused_before_any_work_naming_what_is_missing()
         .unwrap();
     assert!(out[0].text.starts_with('t'));
     // And a scoring call on it fails with the missing field named, not a wrong number.
-    let err = remote.score(&score_requests(1)).err().expect("no log-probs to read");
+    let err = remote.score(&score_requests(1)).expect_err("no log-probs to read");
     assert!(err.to_string().contains("logprobs"), "{err}");
 }
 

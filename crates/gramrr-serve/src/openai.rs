@@ -180,7 +180,9 @@ pub(crate) async fn completions_handler(
     }
     let temperature = b.temperature.unwrap_or(1.0);
     let top_p = b.top_p.unwrap_or(1.0);
-    if !(temperature >= 0.0) || !(top_p > 0.0 && top_p <= 1.0) {
+    // Written so that NaN fails too.
+    let valid = temperature >= 0.0 && top_p > 0.0 && top_p <= 1.0;
+    if !valid {
         return Err(ApiError::bad("temperature", format!("temperature must be >= 0 and top_p in (0, 1] (got {temperature}, {top_p})")));
     }
     let seed = b.seed.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
@@ -271,7 +273,9 @@ pub(crate) fn run_batch(jobs: &[&CompletionWork]) -> Vec<Result<CompletionResult
             }
         }
     }
-    let mut generated: Vec<Vec<Option<(Vec<u32>, String, FinishReason)>>> =
+    /// A choice's generated ids, text and finish reason.
+    type Generated = Option<(Vec<u32>, String, FinishReason)>;
+    let mut generated: Vec<Vec<Generated>> =
         jobs.iter().map(|w| std::iter::repeat_with(|| None).take(w.prompts.len() * w.n).collect()).collect();
     let mut failed: Vec<Option<String>> = vec![None; jobs.len()];
     for items in groups.values() {
@@ -344,9 +348,9 @@ pub(crate) fn run_batch(jobs: &[&CompletionWork]) -> Vec<Result<CompletionResult
             };
             let mut choices = vec![];
             let mut completion_tokens = 0;
-            for c in 0..w.prompts.len() * w.n {
+            for (c, slot) in generated[j].iter_mut().enumerate() {
                 let prompt = &w.prompts[c / w.n];
-                let (gen_ids, gen_text, finish) = generated[j][c].take().unwrap_or((vec![], String::new(), FinishReason::Length));
+                let (gen_ids, gen_text, finish) = slot.take().unwrap_or((vec![], String::new(), FinishReason::Length));
                 completion_tokens += gen_ids.len();
                 let mut text = String::new();
                 if w.echo {
