@@ -88,9 +88,16 @@ pub struct SourceArgs {
     /// A built-in baseline scorer.
     #[arg(long, value_enum, group = "source")]
     pub baseline: Option<Baseline>,
-    /// A gramrr judge model directory (HF layout), judged live.
-    #[arg(long, value_name = "DIR", group = "source")]
+    /// A gramrr judge model directory (HF layout), judged live; or its OpenAI-compatible
+    /// servers, `http://host:port/v1[,http://…]` (then give --tokenizer).
+    #[arg(long, value_name = "DIR|URL", group = "source")]
     pub model: Option<PathBuf>,
+    /// With a server --model: the model's tokenizer directory or `org/name`.
+    #[arg(long, requires = "model")]
+    pub tokenizer: Option<String>,
+    /// With a server --model: the served model name [default: the first /v1/models lists].
+    #[arg(long, requires = "model")]
+    pub served_model: Option<String>,
     /// With --model: the judge format, a preset (gram-rr, mt-bench, rm-r1, rrm, compact for
     /// `gramrr demo` models) or a template file, as in `gramrr judge --template`.
     #[arg(long, default_value = "gram-rr", requires = "model")]
@@ -278,7 +285,7 @@ fn make_source(s: &SourceArgs, seed: u64) -> anyhow::Result<Source> {
         None => {}
     }
     if let Some(dir) = &s.model {
-        return model_source(dir, &s.template);
+        return model_source(dir, &s.template, s.tokenizer.as_deref(), s.served_model.as_deref());
     }
     bail!("no source: give --scores S.jsonl, --baseline length|random or --model DIR (or --write-requests FILE)")
 }
@@ -288,13 +295,30 @@ fn make_source(s: &SourceArgs, seed: u64) -> anyhow::Result<Source> {
 /// 1024 new tokens. The evaluator decides the orders (JudgeBench's double game, seeded random
 /// placement elsewhere), so the judge itself does not swap. For votes or probability scoring,
 /// run `gramrr judge` and bring its verdicts as scores.
-fn model_source(dir: &Path, template: &str) -> anyhow::Result<Source> {
+fn model_source(dir: &Path, template: &str, tokenizer: Option<&str>, served_model: Option<&str>) -> anyhow::Result<Source> {
     use gramrr_judge::{JudgeConfig, PairwiseJudge};
-    let engine = gramrr_model::Engine::load(&dir.to_string_lossy(), &gramrr_model::LoadOptions::default())
-        .with_context(|| format!("loading judge model {}", dir.display()))?;
+    let spec = dir.to_string_lossy().to_string();
+    let engine: std::sync::Arc<dyn gramrr_model::Backend> = if gramrr_remote::is_url(&spec) {
+        let args = crate::cmd_model::ModelArgs {
+            model: spec.clone(),
+            tokenizer: tokenizer.map(str::to_string),
+            served_model: served_model.map(str::to_string),
+            max_in_flight: 16,
+            request_timeout: 600,
+            dtype: gramrr_model::WeightDType::F32,
+            device: Default::default(),
+            batch_size: 8,
+        };
+        args.backend(gramrr_remote::Needs::GENERATE)?
+    } else {
+        std::sync::Arc::new(
+            gramrr_model::Engine::load(&spec, &gramrr_model::LoadOptions::default())
+                .with_context(|| format!("loading judge model {}", dir.display()))?,
+        )
+    };
     let config = JudgeConfig { both_orders: false, ..JudgeConfig::default() };
     let template = gramrr_data::prompt::JudgeTemplate::resolve(template).with_context(|| format!("judge template {template:?}"))?;
-    let judge = PairwiseJudge::new(std::sync::Arc::new(engine), template, config);
+    let judge = PairwiseJudge::new(engine, template, config);
     Ok(Source::Judge(Box::new(LiveJudge { judge, name: format!("gramrr judge {}", dir.display()) })))
 }
 

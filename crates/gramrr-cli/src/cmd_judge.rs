@@ -72,6 +72,16 @@ impl JudgeOptions {
         }
     }
 
+    /// What a remote server must offer for this mode: generation for rationales, log-probs
+    /// for label probabilities.
+    pub fn needs(&self) -> gramrr_remote::Needs {
+        gramrr_remote::Needs {
+            generate: self.mode != JudgeMode::Prob,
+            score: false,
+            labels: self.mode != JudgeMode::Reason,
+        }
+    }
+
     pub fn build(&self, backend: Arc<dyn Backend>) -> Result<PairwiseJudge> {
         let template = JudgeTemplate::resolve(&self.template).with_context(|| format!("judge template {:?}", self.template))?;
         let config = self.config();
@@ -81,8 +91,8 @@ impl JudgeOptions {
 }
 
 /// The model behind every judge command.
-pub(crate) fn load_backend(model: &ModelArgs) -> Result<Arc<dyn Backend>> {
-    Ok(Arc::new(model.load()?))
+pub(crate) fn load_backend(model: &ModelArgs, judge: &JudgeOptions) -> Result<Arc<dyn Backend>> {
+    model.backend(judge.needs())
 }
 
 /// Where the records come from: any format the data crate reads.
@@ -157,7 +167,8 @@ pub struct JudgeArgs {
 
 pub fn judge(a: JudgeArgs) -> Result<()> {
     let pairs = read_pairs(&a.input)?;
-    let judge = a.judge.build(load_backend(&a.model)?)?;
+    let model = a.model.connect(a.judge.needs())?;
+    let judge = a.judge.build(model.backend.clone())?;
     let mut out = JsonlWriter::create(&a.output)?;
     let pb = progress_bar(pairs.len() as u64, "judging");
     let mut verdicts = Vec::with_capacity(pairs.len());
@@ -178,6 +189,7 @@ pub fn judge(a: JudgeArgs) -> Result<()> {
                 "usage": v.usage,
             }))?;
         }
+        pb.set_message(model.label("judging"));
         pb.inc(chunk.len() as u64);
         verdicts.extend(vs);
     }
@@ -241,7 +253,7 @@ pub fn rank(a: RankArgs) -> Result<()> {
         }
     }
     let lists = read_lists(&a.input)?;
-    let judge = a.judge.build(load_backend(&a.model)?)?;
+    let judge = a.judge.build(load_backend(&a.model, &a.judge)?)?;
     let ranker = ListRanker::new(judge, strategy);
     let mut out = JsonlWriter::create(&a.output)?;
     let pb = progress_bar(lists.len() as u64, "ranking");

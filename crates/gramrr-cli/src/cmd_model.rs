@@ -1,6 +1,7 @@
 //! `gramrr init-model`, `train-tokenizer`, `logprobs`, `generate` and `bench engine`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -19,8 +20,26 @@ use crate::io::{progress_bar, read_jsonl, JsonlWriter};
 pub struct ModelArgs {
     /// Model directory in Hugging Face layout, or `org/name[@revision]` in the local HF cache
     /// (HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub). Nothing is ever downloaded.
+    /// Or OpenAI-compatible servers of the model: `http://host:port/v1` (vLLM, SGLang,
+    /// llama.cpp's server, gramrr serve), comma-separated for replicas; then give --tokenizer.
+    /// The API key comes from GRAMRR_API_KEY or OPENAI_API_KEY.
     #[arg(long)]
     pub model: String,
+    /// With a server --model: the model's tokenizer (directory or `org/name`), for its chat
+    /// template and label tokens; prompts go to the server as token ids.
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// With a server --model: the `model` name to request [default: the first one the
+    /// server's /v1/models lists]. For `gramrr serve`: the name its /v1/models gives
+    /// [default: --model].
+    #[arg(long)]
+    pub served_model: Option<String>,
+    /// With a server --model: most requests in flight per replica.
+    #[arg(long, default_value_t = 16)]
+    pub max_in_flight: usize,
+    /// With a server --model: seconds before a request is given up on that replica and re-sent.
+    #[arg(long, default_value_t = 600)]
+    pub request_timeout: u64,
     /// Weight precision: f32, or bf16 (weights rounded to bf16; CPU computes in f32).
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDType,
@@ -34,8 +53,71 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<Engine> {
+        if gramrr_remote::is_url(&self.model) {
+            bail!("--model {}: this command needs a local model directory (the weights themselves), not a server", self.model);
+        }
         let opts = LoadOptions { device: self.device, dtype: self.dtype, batch_size: self.batch_size, ..Default::default() };
         Engine::load(&self.model, &opts).with_context(|| format!("loading model {}", self.model))
+    }
+
+    pub fn is_remote(&self) -> bool {
+        gramrr_remote::is_url(&self.model)
+    }
+
+    /// The model behind a command: the local engine, or the remote servers (probed for what
+    /// `needs` asks, so a server that cannot do the work is refused before any).
+    pub fn backend(&self, needs: gramrr_remote::Needs) -> Result<Arc<dyn Backend>> {
+        Ok(self.connect(needs)?.backend)
+    }
+
+    /// [`Self::backend`], keeping the remote side's handle for progress lines.
+    pub fn connect(&self, needs: gramrr_remote::Needs) -> Result<Connected> {
+        if !self.is_remote() {
+            return Ok(Connected { backend: Arc::new(self.load()?), remote: None });
+        }
+        let r = Arc::new(self.remote(needs)?);
+        Ok(Connected { backend: r.clone(), remote: Some(r) })
+    }
+
+    pub fn remote(&self, needs: gramrr_remote::Needs) -> Result<gramrr_remote::RemoteBackend> {
+        let urls = gramrr_remote::parse_urls(&self.model)?;
+        let tokenizer = self
+            .tokenizer
+            .clone()
+            .with_context(|| format!("--model {} is a server: give --tokenizer DIR|org/name (the model's own tokenizer)", self.model))?;
+        let mut cfg = gramrr_remote::RemoteConfig::new(urls, tokenizer);
+        cfg.served_model = self.served_model.clone();
+        cfg.needs = needs;
+        cfg.pool.max_in_flight = self.max_in_flight.max(1);
+        cfg.pool.request_timeout = std::time::Duration::from_secs(self.request_timeout.max(1));
+        cfg.pool.api_key = std::env::var("GRAMRR_API_KEY").or_else(|_| std::env::var("OPENAI_API_KEY")).ok().filter(|k| !k.is_empty());
+        gramrr_remote::RemoteBackend::connect(cfg).with_context(|| format!("connecting to {}", self.model))
+    }
+
+    /// Requests handed to the backend at once: a few engine batches locally, enough to keep
+    /// every replica's in-flight slots busy remotely.
+    pub fn chunk(&self, local_batches: usize) -> usize {
+        if self.is_remote() {
+            self.model.split(',').count() * self.max_in_flight.max(1) * 4
+        } else {
+            self.batch_size.max(1) * local_batches
+        }
+    }
+}
+
+/// A command's model, and for servers the client whose rates the progress bar shows.
+pub struct Connected {
+    pub backend: Arc<dyn Backend>,
+    pub remote: Option<Arc<gramrr_remote::RemoteBackend>>,
+}
+
+impl Connected {
+    /// The progress bar's label: `what`, plus requests/s, tokens/s and replicas up remotely.
+    pub fn label(&self, what: &str) -> String {
+        match &self.remote {
+            Some(r) => format!("{what} ({})", r.status_line()),
+            None => what.to_string(),
+        }
     }
 }
 
@@ -222,16 +304,18 @@ struct LogprobsLine {
 
 pub fn logprobs(a: LogprobsArgs) -> Result<()> {
     let lines: Vec<LogprobsLine> = read_jsonl(&a.input)?;
-    let engine = a.model.load()?;
+    let model = a.model.connect(gramrr_remote::Needs::SCORE)?;
+    let engine = model.backend.clone();
     let mut w = JsonlWriter::create(&a.output)?;
     let pb = progress_bar(lines.len() as u64, "scoring");
     // Chunks of several batches: long enough to group by length, short enough for progress.
-    for chunk in lines.chunks(engine.batch_size * 8) {
+    for chunk in lines.chunks(a.model.chunk(8)) {
         let reqs: Vec<ScoreRequest> =
             chunk.iter().map(|l| ScoreRequest { prompt: Prompt::Raw(l.prompt.clone()), completion: l.completion.clone() }).collect();
         for o in engine.score(&reqs)? {
             w.write(&o)?;
         }
+        pb.set_message(model.label("scoring"));
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
@@ -297,7 +381,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         };
         reqs.push(GenerateRequest { prompt, seed_offset: i as u64 });
     }
-    let engine = a.model.load()?;
+    let model = a.model.connect(gramrr_remote::Needs::GENERATE)?;
+    let engine = model.backend.clone();
     let params = SamplingParams {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,
@@ -309,10 +394,11 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     };
     let mut w = JsonlWriter::create(&a.output)?;
     let pb = progress_bar(reqs.len() as u64, "generating");
-    for chunk in reqs.chunks(engine.batch_size * 4) {
+    for chunk in reqs.chunks(a.model.chunk(4)) {
         for o in engine.generate(chunk, &params)? {
             w.write(&GenerateOut { text: &o.text, token_ids: &o.token_ids, finish_reason: o.finish_reason })?;
         }
+        pb.set_message(model.label("generating"));
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
@@ -331,6 +417,26 @@ pub struct BenchArgs {
 enum BenchWhat {
     /// Engine: scoring throughput, greedy decoding, peak RSS, GEMM efficiency.
     Engine(BenchEngineArgs),
+    /// The remote backend's own cost per request: scoring requests against N in-process
+    /// loopback servers that answer at once (so only gramrr's client work and the HTTP round
+    /// trip show).
+    Remote(BenchRemoteArgs),
+}
+
+#[derive(Args)]
+struct BenchRemoteArgs {
+    /// Any model directory: only its tokenizer is used.
+    #[arg(long)]
+    tokenizer: String,
+    /// Instant servers (replicas).
+    #[arg(long, default_value_t = 8)]
+    servers: usize,
+    /// Scoring requests sent.
+    #[arg(long, default_value_t = 20000)]
+    requests: usize,
+    /// Requests in flight per server.
+    #[arg(long, default_value_t = 16)]
+    max_in_flight: usize,
 }
 
 #[derive(Args)]
@@ -382,7 +488,32 @@ fn best_of<F: FnMut() -> Result<()>>(reps: usize, mut f: F) -> Result<f64> {
 pub fn bench(a: BenchArgs) -> Result<()> {
     match a.what {
         BenchWhat::Engine(b) => bench_engine(b),
+        BenchWhat::Remote(b) => bench_remote(b),
     }
+}
+
+fn bench_remote(b: BenchRemoteArgs) -> Result<()> {
+    let urls = (0..b.servers.max(1)).map(|_| gramrr_remote::instant::spawn()).collect::<std::io::Result<Vec<_>>>()?;
+    let mut cfg = gramrr_remote::RemoteConfig::new(urls, b.tokenizer.clone());
+    cfg.pool.max_in_flight = b.max_in_flight.max(1);
+    let remote = gramrr_remote::RemoteBackend::connect(cfg)?;
+    let reqs: Vec<ScoreRequest> = (0..b.requests)
+        .map(|i| ScoreRequest {
+            prompt: Prompt::Raw(format!("Question {i}: which of the two answers is better, and why? Think it through.")),
+            completion: format!(" Answer {i} is better."),
+        })
+        .collect();
+    let t = Instant::now();
+    let out = remote.score(&reqs)?;
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(out.len() == reqs.len() && out.iter().all(|o| o.completion_tokens > 0), "every request answered");
+    let v = json!({
+        "servers": b.servers, "requests": b.requests, "max_in_flight": b.max_in_flight, "seconds": secs,
+        "requests_per_s": b.requests as f64 / secs, "us_per_request": secs * 1e6 / b.requests as f64,
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
 }
 
 fn bench_engine(b: BenchEngineArgs) -> Result<()> {

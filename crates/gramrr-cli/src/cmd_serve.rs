@@ -1,11 +1,13 @@
 //! `gramrr serve`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
 use gramrr_judge::reward::GroupNorm;
 use gramrr_judge::StrategyKind;
+use gramrr_serve::openai::CompletionModel;
 use gramrr_serve::ServeConfig;
 
 use crate::cmd_judge::{load_backend, JudgeOptions};
@@ -20,6 +22,9 @@ judged against each other (round robin, reward = soft win rate). The response is
 the query; without prompts the query is split at the last Llama 3 or ChatML assistant header.\n\
   POST /v1/judge    {\"prompt\", \"response_a\", \"response_b\", \"mode\"?, \"votes\"?, \"both_orders\"?}\n\
   POST /v1/rank     {\"prompt\", \"responses\": [...], \"strategy\"?, \"opponents\"?}\n\
+  POST /v1/completions, GET /v1/models  the OpenAI API of vLLM and llama.cpp's server (local --model only): \
+prompt as text or token ids, max_tokens (0 with echo), temperature, top_p, top_k, seed, stop, n, echo, \
+logprobs (<= 20); the openai Python client works unchanged. gramrr's own --model http://... backend uses it.\n\
   GET  /health, GET /metrics (Prometheus)\n\n\
 Requests from all clients are combined into engine batches of up to --max-batch items, waiting at most \
 --max-wait-ms for more. A full queue answers 503 with Retry-After. Ctrl-C or SIGTERM stops accepting \
@@ -70,7 +75,15 @@ pub struct ServeArgs {
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
-    let judge = a.judge.build(load_backend(&a.model)?)?;
+    // A local model also answers the OpenAI routes; a remote one only the judge routes.
+    let (backend, completions) = if a.model.is_remote() {
+        (load_backend(&a.model, &a.judge)?, None)
+    } else {
+        let engine = Arc::new(a.model.load()?);
+        let name = a.model.served_model.clone().unwrap_or_else(|| a.model.model.clone());
+        (engine.clone() as Arc<dyn gramrr_model::Backend>, Some(CompletionModel { engine, name }))
+    };
+    let judge = a.judge.build(backend)?;
     let config = ServeConfig {
         host: a.host,
         port: a.port,
@@ -85,6 +98,6 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         reward_norm: a.reward_norm,
         reward_opponents: a.reward_opponents,
     };
-    gramrr_serve::run(config, judge)?;
+    gramrr_serve::run(config, judge, completions)?;
     Ok(())
 }

@@ -105,6 +105,15 @@ impl GenerationConfig {
     }
 }
 
+/// One scored position of a sequence: its token, that token's log-probability, and the most
+/// likely tokens there with theirs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PositionLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
 pub struct Engine {
     pub model: Decoder,
     pub tokenizer: TextTokenizer,
@@ -322,6 +331,68 @@ impl Engine {
                     }
                 })
                 .collect())
+        })
+    }
+
+    /// For each `(sequence, from)`: the log-probability of every token at positions `from..len`
+    /// given everything before it, with the `top` most likely tokens at each of those positions
+    /// (most likely first). This is what an OpenAI-style `echo` + `logprobs` answer needs.
+    pub fn sequence_logprobs(&self, items: &[(Vec<u32>, usize)], top: usize) -> Result<Vec<Vec<PositionLogprobs>>> {
+        for (i, (s, from)) in items.iter().enumerate() {
+            if *from == 0 || *from > s.len() {
+                return Err(ModelError::Input(format!(
+                    "item {i}: scored positions start at {from}, outside 1..={} (the first token has no context)",
+                    s.len()
+                )));
+            }
+        }
+        let lens: Vec<usize> = items.iter().map(|(s, _)| s.len()).collect();
+        self.map_batches(&lens, |batch| {
+            let refs: Vec<&[u32]> = batch.iter().map(|&i| items[i].0.as_slice()).collect();
+            let (hidden, t) = self.hidden_right_padded(&refs)?;
+            let mut rows = Vec::new();
+            let mut targets = Vec::new();
+            for (r, &i) in batch.iter().enumerate() {
+                let (s, from) = &items[i];
+                for (p, &tok) in s.iter().enumerate().skip(*from) {
+                    rows.push((r * t + p - 1) as u32);
+                    targets.push(tok);
+                }
+            }
+            // Full rows are needed for the top tokens; a chunk at a time bounds the logits' memory.
+            const CHUNK: usize = 256;
+            let mut flat_out: Vec<PositionLogprobs> = Vec::with_capacity(rows.len());
+            for (rc, tc) in rows.chunks(CHUNK).zip(targets.chunks(CHUNK)) {
+                let idx = Tensor::from_vec(rc.to_vec(), rc.len(), self.device())?;
+                let logits = self.model.logits(&hidden.index_select(&idx, 0)?)?; // (n, V)
+                let v = logits.dims()[1];
+                let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+                let part: Vec<PositionLogprobs> = flat
+                    .par_chunks(v)
+                    .zip(tc.par_iter())
+                    .map(|(row, &tok)| {
+                        let lse = log_sum_exp(row);
+                        let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+                        if top > 0 {
+                            for (id, &x) in row.iter().enumerate() {
+                                if best.len() < top || x > best[best.len() - 1].1 {
+                                    let at = best.partition_point(|&(_, y)| y >= x);
+                                    best.insert(at, (id as u32, x));
+                                    best.truncate(top);
+                                }
+                            }
+                        }
+                        PositionLogprobs {
+                            token: tok,
+                            logprob: row[tok as usize] - lse,
+                            top: best.into_iter().map(|(id, x)| (id, x - lse)).collect(),
+                        }
+                    })
+                    .collect();
+                flat_out.extend(part);
+            }
+            let mut it = flat_out.into_iter();
+            Ok(batch.iter().map(|&i| it.by_ref().take(items[i].0.len() - items[i].1).collect()).collect())
         })
     }
 

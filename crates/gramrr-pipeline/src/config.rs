@@ -136,11 +136,43 @@ pub struct EngineConfig {
     /// Batches run concurrently on this many CPU threads (for small models; 1 leaves the
     /// threading to the kernels). Outputs do not depend on it.
     pub workers: usize,
+    /// OpenAI-compatible servers (`http://host:port/v1`, one per replica) already serving the
+    /// model every model-using stage runs on; the stage's checkpoint directory still supplies
+    /// the tokenizer and chat template. Empty: the local engine (or `launch`).
+    pub urls: Vec<String>,
+    /// A command that serves one checkpoint over the OpenAI API, with `{model}` (the stage's
+    /// checkpoint directory) and `{port}` (picked by gramrr) filled in, e.g.
+    /// `vllm serve {model} --port {port}`. gramrr starts `replicas` of it before each
+    /// model-using stage, waits for `/v1/models`, runs the stage on them, and stops them after
+    /// (also on error). See the crate README for vLLM, SGLang and llama.cpp.
+    pub launch: Option<String>,
+    pub replicas: usize,
+    /// The `model` name to request [default: the first one `/v1/models` lists].
+    pub served_model: Option<String>,
+    /// Most requests in flight per replica.
+    pub max_in_flight: usize,
+    /// Seconds before a request is given up on one replica and re-sent to another.
+    pub request_timeout_s: u64,
+    /// Seconds a launched server may take to answer `/v1/models`.
+    pub startup_timeout_s: u64,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { device: "cpu".into(), dtype: "f32".into(), batch_size: 64, max_batch_tokens: 65_536, workers: 1 }
+        Self {
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            batch_size: 64,
+            max_batch_tokens: 65_536,
+            workers: 1,
+            urls: vec![],
+            launch: None,
+            replicas: 1,
+            served_model: None,
+            max_in_flight: 16,
+            request_timeout_s: 600,
+            startup_timeout_s: 600,
+        }
     }
 }
 
@@ -150,6 +182,17 @@ impl EngineConfig {
             self.device.parse().map_err(|e: String| PipelineError::config(origin, format!("engine.device: {e}")))?;
         let dtype: WeightDType =
             self.dtype.parse().map_err(|e: String| PipelineError::config(origin, format!("engine.dtype: {e}")))?;
+        if !self.urls.is_empty() && self.launch.is_some() {
+            return Err(PipelineError::config(origin, "engine: give `urls` (servers already running) or `launch` (gramrr starts them), not both"));
+        }
+        if let Some(l) = &self.launch {
+            if !l.contains("{port}") || !l.contains("{model}") {
+                return Err(PipelineError::config(origin, format!("engine.launch {l:?}: must contain {{model}} and {{port}}")));
+            }
+        }
+        if self.replicas == 0 || self.max_in_flight == 0 {
+            return Err(PipelineError::config(origin, "engine.replicas and engine.max_in_flight must be at least 1"));
+        }
         Ok(LoadOptions { device, dtype, batch_size: self.batch_size, max_batch_tokens: self.max_batch_tokens, workers: self.workers })
     }
 }

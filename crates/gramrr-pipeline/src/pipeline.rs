@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gramrr_data::{Label, PreferencePair};
-use gramrr_model::backend::SamplingParams;
+use gramrr_model::backend::{Backend, BackendError, SamplingParams};
 use gramrr_model::tokenizer::TextTokenizer;
 use gramrr_model::weights::SafetensorsCheckpoint;
 use gramrr_model::{Decoder, DecoderConfig, Engine, LoadOptions, WeightDType};
@@ -290,7 +290,16 @@ impl Pipeline {
 
     /// A closure-friendly lazily loaded engine: loading waits until a chunk actually needs it.
     fn lazy_engine(&self, model: PathBuf) -> LazyEngine {
-        LazyEngine { dir: model, opts: self.opts.clone(), engine: None }
+        // One log folder per checkpoint: its path inside the run, '/' as '_'.
+        let name = model.strip_prefix(&self.run.root).unwrap_or(&model).to_string_lossy().trim_matches('/').replace(['/', '\\'], "_");
+        LazyEngine {
+            dir: model,
+            opts: self.opts.clone(),
+            remote: self.cfg.engine.clone(),
+            log_dir: self.run.root.join("servers").join(name),
+            backend: None,
+            servers: None,
+        }
     }
 
     fn synth_params(&self, stage: &str) -> SamplingParams {
@@ -674,9 +683,9 @@ impl Pipeline {
         let t0 = Instant::now();
         let dir = self.run.begin(&name, &key, inputs)?;
         let pairs = read_pairs(&path)?;
-        let engine = Engine::load(&model.display().to_string(), &self.opts)?;
+        let mut engine = self.lazy_engine(model);
         let pb = bar(pairs.len() as u64, &name);
-        let (summary, preds) = evaluate(&engine, self.format.as_ref(), &pairs, max_new, self.opts.batch_size.max(1) * 4, |d| pb.set_position(d as u64))?;
+        let (summary, preds) = evaluate(engine.get()?, self.format.as_ref(), &pairs, max_new, self.opts.batch_size.max(1) * 4, |d| pb.set_position(d as u64))?;
         pb.finish_and_clear();
         let mut buf = Vec::new();
         for p in &preds {
@@ -794,19 +803,50 @@ fn train_stats(ex: &[SftExample], r: &TrainReport) -> Value {
     })
 }
 
-/// An engine loaded on first use.
+/// The backend of one stage, made on first use: the local engine, the configured servers
+/// (`engine.urls`), or servers launched on the stage's checkpoint (`engine.launch`), which stop
+/// when this value is dropped at the end of the stage, on error too.
 pub struct LazyEngine {
     dir: PathBuf,
     opts: LoadOptions,
-    engine: Option<Engine>,
+    remote: crate::config::EngineConfig,
+    log_dir: PathBuf,
+    backend: Option<Box<dyn Backend>>,
+    servers: Option<gramrr_remote::launch::LaunchedServers>,
 }
 
 impl LazyEngine {
-    pub fn get(&mut self) -> Result<&Engine> {
-        if self.engine.is_none() {
-            self.engine = Some(Engine::load(&self.dir.display().to_string(), &self.opts)?);
+    pub fn get(&mut self) -> Result<&dyn Backend> {
+        if self.backend.is_none() {
+            let e = &self.remote;
+            let urls = if let Some(template) = &e.launch {
+                note(format!("starting {} server(s): {}", e.replicas, template.replace("{model}", &self.dir.display().to_string())));
+                let s = gramrr_remote::launch::LaunchedServers::start(
+                    template,
+                    &self.dir,
+                    e.replicas,
+                    &self.log_dir,
+                    std::time::Duration::from_secs(e.startup_timeout_s),
+                )
+                .map_err(BackendError::from)?;
+                let urls = s.urls.clone();
+                self.servers = Some(s);
+                urls
+            } else {
+                e.urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect()
+            };
+            self.backend = Some(if urls.is_empty() {
+                Box::new(Engine::load(&self.dir.display().to_string(), &self.opts)?)
+            } else {
+                let mut cfg = gramrr_remote::RemoteConfig::new(urls, self.dir.display().to_string());
+                cfg.served_model = e.served_model.clone();
+                cfg.pool.max_in_flight = e.max_in_flight;
+                cfg.pool.request_timeout = std::time::Duration::from_secs(e.request_timeout_s.max(1));
+                cfg.pool.api_key = std::env::var("GRAMRR_API_KEY").or_else(|_| std::env::var("OPENAI_API_KEY")).ok().filter(|k| !k.is_empty());
+                Box::new(gramrr_remote::RemoteBackend::connect(cfg).map_err(BackendError::from)?)
+            });
         }
-        Ok(self.engine.as_ref().expect("just loaded"))
+        Ok(self.backend.as_deref().expect("just made"))
     }
 }
 

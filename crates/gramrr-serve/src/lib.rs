@@ -10,6 +10,8 @@
 //!   "failure"}`. `consistent` is `true` when only one order ran.
 //! - `POST /v1/rank`: `{"prompt", "responses": [str], "strategy"?, "opponents"?}` →
 //!   `{"best", "ranking", "scores", "comparisons"}`.
+//! - `POST /v1/completions`, `GET /v1/models`: the OpenAI-compatible API of vLLM and
+//!   llama.cpp's server, over the same engine queue ([`openai`]).
 //! - `GET /health` (never needs the key) and `GET /metrics` (Prometheus text).
 //!
 //! Requests from many clients are batched together ([`worker`]): a bounded queue feeds one
@@ -21,6 +23,7 @@
 
 pub mod api;
 pub mod metrics;
+pub mod openai;
 pub mod query;
 pub mod reward;
 mod worker;
@@ -109,6 +112,7 @@ struct Shared {
     judge: PairwiseJudge,
     config: ServeConfig,
     metrics: Arc<Metrics>,
+    completions: Option<openai::CompletionModel>,
 }
 
 type AppState = Arc<Shared>;
@@ -228,7 +232,7 @@ async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
 
 async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let endpoint = match req.uri().path() {
-        p @ ("/get_reward" | "/v1/judge" | "/v1/rank" | "/health" | "/metrics") => p.to_string(),
+        p @ ("/get_reward" | "/v1/judge" | "/v1/rank" | "/v1/completions" | "/v1/models" | "/health" | "/metrics") => p.to_string(),
         _ => "other".to_string(),
     };
     let started = Instant::now();
@@ -312,6 +316,8 @@ fn router(state: AppState) -> Router {
         .route("/v1/judge", post(judge_handler))
         .route("/v1/rank", post(rank_handler))
         .route("/metrics", get(metrics_handler))
+        .route("/v1/completions", post(openai::completions_handler))
+        .route("/v1/models", get(openai::models_handler))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
         .route("/health", get(health))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -350,6 +356,15 @@ impl ServerHandle {
 
 /// Binds and starts serving on the current tokio runtime.
 pub async fn start(config: ServeConfig, judge: PairwiseJudge) -> Result<ServerHandle, ServeError> {
+    start_with(config, judge, None).await
+}
+
+/// [`start`], also answering the OpenAI routes ([`openai`]) from `completions`' engine.
+pub async fn start_with(
+    config: ServeConfig,
+    judge: PairwiseJudge,
+    completions: Option<openai::CompletionModel>,
+) -> Result<ServerHandle, ServeError> {
     let positive = |field, v: usize| {
         if v == 0 { Err(ServeError::Config { field, message: "must be at least 1".into() }) } else { Ok(()) }
     };
@@ -371,7 +386,7 @@ pub async fn start(config: ServeConfig, judge: PairwiseJudge) -> Result<ServerHa
         metrics.clone(),
         stop.clone(),
     );
-    let state = Arc::new(Shared { tx, judge, config, metrics: metrics.clone() });
+    let state = Arc::new(Shared { tx, judge, config, metrics: metrics.clone(), completions });
     let app = router(state);
     let (shutdown, signal) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -386,10 +401,10 @@ pub async fn start(config: ServeConfig, judge: PairwiseJudge) -> Result<ServerHa
 }
 
 /// Serves until Ctrl-C (or SIGTERM on Unix), then shuts down gracefully. Blocks.
-pub fn run(config: ServeConfig, judge: PairwiseJudge) -> Result<(), ServeError> {
+pub fn run(config: ServeConfig, judge: PairwiseJudge, completions: Option<openai::CompletionModel>) -> Result<(), ServeError> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let handle = start(config, judge).await?;
+        let handle = start_with(config, judge, completions).await?;
         eprintln!("gramrr serve: listening on http://{}", handle.addr());
         shutdown_signal().await;
         eprintln!("gramrr serve: shutting down; finishing accepted requests");

@@ -15,18 +15,22 @@ use gramrr_judge::{JudgeConfig, ListRanker, PairInput, PairVerdict, PairwiseJudg
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
+use crate::openai::{CompletionResult, CompletionWork};
 use crate::reward::{RewardPlan, RewardResponse};
 
 pub(crate) enum Work {
     Judge { pair: PairInput, config: JudgeConfig },
     Reward { pairs: Vec<PairInput>, plan: RewardPlan, config: JudgeConfig },
     Rank { input: RankInput, strategy: StrategyKind, config: JudgeConfig },
+    /// An OpenAI-style `/v1/completions` request ([`crate::openai`]).
+    Completion(Box<CompletionWork>),
 }
 
 pub(crate) enum Output {
     Judge(PairVerdict),
     Reward(RewardResponse),
     Rank(RankOutcome),
+    Completion(CompletionResult),
 }
 
 pub(crate) struct Job {
@@ -96,8 +100,10 @@ fn run_batch(judge: &PairwiseJudge, jobs: Vec<Job>, metrics: &Metrics) {
     // Group by settings; the key is the settings' JSON (f32 fields rule out Hash).
     let mut pair_groups: BTreeMap<String, (JudgeConfig, Vec<Job>)> = BTreeMap::new();
     let mut rank_groups: BTreeMap<String, (JudgeConfig, StrategyKind, Vec<Job>)> = BTreeMap::new();
+    let mut completions: Vec<Job> = vec![];
     for job in live {
         match &job.work {
+            Work::Completion(_) => completions.push(job),
             Work::Judge { config, .. } | Work::Reward { config, .. } => {
                 let key = serde_json::to_string(config).unwrap_or_default();
                 pair_groups.entry(key).or_insert_with(|| (config.clone(), vec![])).1.push(job);
@@ -117,7 +123,7 @@ fn run_batch(judge: &PairwiseJudge, jobs: Vec<Job>, metrics: &Metrics) {
             match &job.work {
                 Work::Judge { pair, .. } => all.push(pair.clone()),
                 Work::Reward { pairs, .. } => all.extend(pairs.iter().cloned()),
-                Work::Rank { .. } => unreachable!("rank jobs are grouped apart"),
+                Work::Rank { .. } | Work::Completion(_) => unreachable!("rank and completion jobs are grouped apart"),
             }
             spans.push(start..all.len());
         }
@@ -127,7 +133,7 @@ fn run_batch(judge: &PairwiseJudge, jobs: Vec<Job>, metrics: &Metrics) {
             let out = verdicts.as_ref().map_err(Clone::clone).map(|v| match job.work {
                 Work::Judge { .. } => Output::Judge(v[span.start].clone()),
                 Work::Reward { plan, .. } => Output::Reward(plan.finish(&v[span])),
-                Work::Rank { .. } => unreachable!(),
+                Work::Rank { .. } | Work::Completion(_) => unreachable!(),
             });
             let _ = job.reply.send(out);
         }
@@ -145,6 +151,21 @@ fn run_batch(judge: &PairwiseJudge, jobs: Vec<Job>, metrics: &Metrics) {
         let outcomes = guarded(|| ranker.rank_batch(&inputs).map_err(|e| e.to_string()));
         for (i, job) in jobs.into_iter().enumerate() {
             let _ = job.reply.send(outcomes.as_ref().map(|o| Output::Rank(o[i].clone())).map_err(Clone::clone));
+        }
+    }
+    if !completions.is_empty() {
+        let works: Vec<&CompletionWork> = completions
+            .iter()
+            .map(|j| match &j.work {
+                Work::Completion(w) => w.as_ref(),
+                _ => unreachable!("only completion jobs here"),
+            })
+            .collect();
+        let n = works.len();
+        let results = guarded(|| Ok(crate::openai::run_batch(&works)))
+            .unwrap_or_else(|panic| (0..n).map(|_| Err(panic.clone())).collect());
+        for (job, r) in completions.into_iter().zip(results) {
+            let _ = job.reply.send(r.map(Output::Completion));
         }
     }
     metrics.batch(n_jobs, n_items, started.elapsed().as_secs_f64());

@@ -177,7 +177,7 @@ impl DemoConfig {
             },
             final_tune: tc(steps[5], 5e-4, bs / 2, 0.1),
             synthesis: SynthesisConfig { k: 4, temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 72, chunk: 128 },
-            engine: EngineConfig { device: "cpu".into(), dtype: "f32".into(), batch_size: 512, max_batch_tokens: 65_536, workers: DEMO_WORKERS },
+            engine: EngineConfig { device: "cpu".into(), dtype: "f32".into(), batch_size: 512, max_batch_tokens: 65_536, workers: DEMO_WORKERS, ..EngineConfig::default() },
             max_chars: 160,
         }
     }
