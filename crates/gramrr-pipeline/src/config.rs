@@ -150,7 +150,7 @@ impl EngineConfig {
             self.device.parse().map_err(|e: String| PipelineError::config(origin, format!("engine.device: {e}")))?;
         let dtype: WeightDType =
             self.dtype.parse().map_err(|e: String| PipelineError::config(origin, format!("engine.dtype: {e}")))?;
-        Ok(LoadOptions { device, dtype, batch_size: self.batch_size, max_batch_tokens: self.max_batch_tokens, workers: self.workers })
+        Ok(LoadOptions { device, dtype, batch_size: self.batch_size, max_batch_tokens: self.max_batch_tokens, workers: self.workers, dequantize: false })
     }
 }
 
