@@ -17,10 +17,17 @@ use crate::io::{progress_bar, read_jsonl, JsonlWriter};
 /// How to load a model: shared by every subcommand that runs one.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// Model directory in Hugging Face layout, or `org/name[@revision]` in the local HF cache
-    /// (HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub). Nothing is ever downloaded.
+    /// Model directory in Hugging Face layout, `org/name[@revision]` in the local HF cache
+    /// (HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub), or a `.gguf` file (llama.cpp's
+    /// format: Llama, Qwen2 or Qwen3 with a byte-level BPE tokenizer; config, tokenizer and chat
+    /// template come from the file). Nothing is ever downloaded.
     #[arg(long)]
     pub model: String,
+    /// GGUF only: dequantize the weights to f32 at load. By default quantized weights stay
+    /// quantized and matmuls run on them (8-bit activations, as llama.cpp does): less memory
+    /// and faster decoding, log-probs within the format's tolerance of the f32 computation.
+    #[arg(long)]
+    pub dequantize: bool,
     /// Weight precision: f32, or bf16 (weights rounded to bf16; CPU computes in f32).
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDType,
@@ -34,7 +41,13 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<Engine> {
-        let opts = LoadOptions { device: self.device, dtype: self.dtype, batch_size: self.batch_size, ..Default::default() };
+        let opts = LoadOptions {
+            device: self.device,
+            dtype: self.dtype,
+            batch_size: self.batch_size,
+            dequantize: self.dequantize,
+            ..Default::default()
+        };
         Engine::load(&self.model, &opts).with_context(|| format!("loading model {}", self.model))
     }
 }
@@ -471,5 +484,43 @@ fn bench_engine(b: BenchEngineArgs) -> Result<()> {
     if let Some(p) = &b.output {
         std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))?;
     }
+    Ok(())
+}
+
+/// Write a model as one GGUF file for llama.cpp, Ollama and LM Studio.
+///
+/// Matrices are quantized to the chosen type (1-D tensors stay f32); a matrix whose rows do
+/// not fit the type's block (256 values for Q4_K, 32 for Q8_0) gets the next finer type, as
+/// llama.cpp's quantizer does. Llama's q/k rows are permuted for llama.cpp's RoPE, and the
+/// tokenizer (byte-level BPE), chat template and special tokens go into the metadata.
+/// Quantize merged models after training (`gramrr merge-lora` first), not during it.
+///
+/// Example: gramrr export-gguf --model runs/rm/final --out rm.q8_0.gguf --type q8_0
+#[derive(Args)]
+pub struct ExportGgufArgs {
+    /// Model directory (HF layout), `org/name` in the HF cache, or a .gguf file to rewrite.
+    #[arg(long)]
+    model: String,
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Tensor type: f16, q8_0 (8 bits, near-lossless) or q4_k (4.5 bits; Q6_K for the
+    /// embedding/output matrix).
+    #[arg(long = "type", default_value = "q8_0")]
+    ty: gramrr_model::gguf::ExportType,
+    /// `general.name` in the file (default: the model's directory or file name).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+pub fn export_gguf(a: ExportGgufArgs) -> Result<()> {
+    let opts = LoadOptions { dequantize: true, ..Default::default() };
+    let engine = Engine::load(&a.model, &opts).with_context(|| format!("loading model {}", a.model))?;
+    let name = a.name.clone().unwrap_or_else(|| {
+        std::path::Path::new(&a.model).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| a.model.clone())
+    });
+    let report = gramrr_model::gguf::export(&engine.model, &engine.tokenizer, &name, &a.out, a.ty)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

@@ -750,3 +750,255 @@ pub fn load(path: &Path, device: &Device, dequantize: bool) -> Result<(DecoderCo
 pub fn is_gguf_path(model: &str) -> bool {
     model.to_ascii_lowercase().ends_with(".gguf")
 }
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+/// The tensor types `export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportType {
+    F16,
+    Q8_0,
+    /// Q4_K for the projections, Q6_K for the embedding/output matrix (llama.cpp's Q4_K_M
+    /// choice for `output.weight`).
+    Q4K,
+}
+
+impl std::str::FromStr for ExportType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Ok(Self::F16),
+            "q8_0" => Ok(Self::Q8_0),
+            "q4_k" | "q4_k_m" => Ok(Self::Q4K),
+            other => Err(format!("unknown GGUF type {other:?} (expected f16, q8_0 or q4_k)")),
+        }
+    }
+}
+
+impl ExportType {
+    /// llama.cpp's `general.file_type` (LLAMA_FTYPE_MOSTLY_*).
+    fn file_type(self) -> u32 {
+        match self {
+            Self::F16 => 1,
+            Self::Q8_0 => 7,
+            Self::Q4K => 15,
+        }
+    }
+
+    /// The type a (rows, k) matrix gets: quantized types need k to be a multiple of their
+    /// block (256 for k-quants, 32 for Q8_0); where it is not, the next finer type that fits,
+    /// as llama.cpp's quantizer falls back.
+    fn for_matrix(self, k: usize, is_embedding: bool) -> GgmlDType {
+        let want = match self {
+            Self::F16 => GgmlDType::F16,
+            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q4K if is_embedding => GgmlDType::Q6K,
+            Self::Q4K => GgmlDType::Q4K,
+        };
+        [want, GgmlDType::Q8_0, GgmlDType::F16]
+            .into_iter()
+            .find(|t| k % t.block_size() == 0)
+            .unwrap_or(GgmlDType::F16)
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportReport {
+    pub path: PathBuf,
+    pub tensors: usize,
+    pub bytes: u64,
+    /// tensor type → count
+    pub types: BTreeMap<String, usize>,
+}
+
+/// The `tokenizer.ggml.pre` name of a tokenizer.json pre-tokenizer, if it is one we write.
+fn pre_name(pre: &serde_json::Value, normalizer: &serde_json::Value) -> Option<&'static str> {
+    for name in ["llama-bpe", "qwen2", "smollm", "gpt2"] {
+        let (p, n, _) = pre_tokenizer(name)?;
+        // add_prefix_space/trim_offsets do not change ids; compare the splitting.
+        if strip_flags(&p) == strip_flags(pre) && (n.is_null() || n == *normalizer) {
+            return Some(name);
+        }
+    }
+    None
+}
+
+fn strip_flags(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(o) => serde_json::Value::Object(
+            o.iter().filter(|(k, _)| *k != "trim_offsets").map(|(k, v)| (k.clone(), strip_flags(v))).collect(),
+        ),
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(strip_flags).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Writes `decoder` and its tokenizer as one GGUF file that llama.cpp loads: Llama's q/k rows
+/// permuted for its RoPE, 1-D tensors in f32, matrices in `ty`, Llama 3.1 RoPE scaling as
+/// `rope_freqs.weight`. Atomic (temporary file, then rename).
+pub fn export(
+    decoder: &crate::model::Decoder,
+    tokenizer: &crate::tokenizer::TextTokenizer,
+    name: &str,
+    out: &Path,
+    ty: ExportType,
+) -> Result<ExportReport> {
+    let cfg = &decoder.cfg;
+    let werr = |m: String| ModelError::Weights { file: out.to_path_buf(), message: m };
+    let arch = cfg.architecture.model_type();
+    // Tokenizer, from its own JSON (the BPE merges are not otherwise public).
+    let tj: serde_json::Value = serde_json::from_str(&tokenizer.inner().to_string(false).map_err(|e| werr(e.to_string()))?)
+        .map_err(|e| werr(format!("tokenizer JSON: {e}")))?;
+    if tj["model"]["type"] != "BPE" {
+        return Err(werr(format!("only byte-level BPE tokenizers can be written to GGUF (this one is {})", tj["model"]["type"])));
+    }
+    let pre = pre_name(&tj["pre_tokenizer"], &tj["normalizer"]).ok_or_else(|| {
+        werr(format!("the tokenizer's pre-tokenizer has no llama.cpp equivalent that gramrr knows: {}", tj["pre_tokenizer"]))
+    })?;
+    let mut by_id: BTreeMap<u32, (String, i32)> = BTreeMap::new();
+    if let Some(v) = tj["model"]["vocab"].as_object() {
+        for (t, id) in v {
+            by_id.insert(id.as_u64().unwrap_or(0) as u32, (t.clone(), 1));
+        }
+    }
+    if let Some(a) = tj["added_tokens"].as_array() {
+        for t in a {
+            let id = t["id"].as_u64().unwrap_or(0) as u32;
+            let special = t["special"].as_bool().unwrap_or(false);
+            by_id.insert(id, (t["content"].as_str().unwrap_or("").to_string(), if special { 3 } else { 4 }));
+        }
+    }
+    let (mut tokens, mut types) = (Vec::new(), Vec::new());
+    for i in 0..cfg.vocab_size as u32 {
+        let (t, ty) = by_id.remove(&i).unwrap_or_else(|| (format!("[PAD{i}]"), 5));
+        tokens.push(Value::String(t));
+        types.push(Value::I32(ty));
+    }
+    if let Some((id, _)) = by_id.into_iter().next() {
+        return Err(werr(format!("token id {id} is outside the model's vocab_size {}", cfg.vocab_size)));
+    }
+    let merges: Vec<Value> = tj["model"]["merges"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| match m {
+                    serde_json::Value::Array(p) => {
+                        Value::String(p.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" "))
+                    }
+                    other => Value::String(other.as_str().unwrap_or("").to_string()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let add_bos = tj["post_processor"].to_string().contains("TemplateProcessing");
+
+    let mut meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        ("general.name".into(), Value::String(name.into())),
+        ("general.file_type".into(), Value::U32(ty.file_type())),
+        ("general.quantization_version".into(), Value::U32(2)),
+        (format!("{arch}.context_length"), Value::U32(cfg.max_position_embeddings as u32)),
+        (format!("{arch}.embedding_length"), Value::U32(cfg.hidden_size as u32)),
+        (format!("{arch}.block_count"), Value::U32(cfg.num_hidden_layers as u32)),
+        (format!("{arch}.feed_forward_length"), Value::U32(cfg.intermediate_size as u32)),
+        (format!("{arch}.attention.head_count"), Value::U32(cfg.num_attention_heads as u32)),
+        (format!("{arch}.attention.head_count_kv"), Value::U32(cfg.num_key_value_heads as u32)),
+        (format!("{arch}.attention.key_length"), Value::U32(cfg.head_dim as u32)),
+        (format!("{arch}.attention.value_length"), Value::U32(cfg.head_dim as u32)),
+        (format!("{arch}.rope.dimension_count"), Value::U32(cfg.head_dim as u32)),
+        (format!("{arch}.rope.freq_base"), Value::F32(cfg.rope_theta as f32)),
+        (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(cfg.rms_norm_eps as f32)),
+        (format!("{arch}.vocab_size"), Value::U32(cfg.vocab_size as u32)),
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(add_bos)),
+    ];
+    if let Some(b) = cfg.bos_token_id {
+        meta.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(b)));
+    }
+    if let Some(e) = tokenizer.eos_token_id.or(cfg.eos_token_ids.first().copied()) {
+        meta.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(e)));
+    }
+    if let Some(p) = cfg.pad_token_id.or(tokenizer.pad_token_id) {
+        meta.push(("tokenizer.ggml.padding_token_id".into(), Value::U32(p)));
+    }
+    if let Some(t) = &tokenizer.chat_template {
+        meta.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
+    }
+
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let cpu = Device::Cpu;
+    if let Some(s) = &cfg.rope_scaling {
+        // convert_hf_to_gguf.py's factors for rope_type "llama3".
+        let base: Vec<f32> = (0..cfg.head_dim)
+            .step_by(2)
+            .map(|i| 1.0 / (cfg.rope_theta as f32).powf(i as f32 / cfg.head_dim as f32))
+            .collect();
+        let (lo_wl, hi_wl) = (
+            s.original_max_position_embeddings as f64 / s.low_freq_factor,
+            s.original_max_position_embeddings as f64 / s.high_freq_factor,
+        );
+        let factors: Vec<f32> = base
+            .iter()
+            .map(|&f| {
+                let wl = 2.0 * std::f64::consts::PI / f as f64;
+                if wl < hi_wl {
+                    1.0
+                } else if wl > lo_wl {
+                    s.factor as f32
+                } else {
+                    let smooth = (s.original_max_position_embeddings as f64 / wl - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
+                    (1.0 / ((1.0 - smooth) / s.factor + smooth)) as f32
+                }
+            })
+            .collect();
+        let n = factors.len();
+        tensors.push(("rope_freqs.weight".into(), QTensor::quantize(&Tensor::from_vec(factors, n, &cpu)?, GgmlDType::F32)?));
+    }
+    let mut types_count: BTreeMap<String, usize> = BTreeMap::new();
+    for (hf, t) in decoder.named_parameters() {
+        let g = gguf_name(&hf).ok_or_else(|| werr(format!("no GGUF name for tensor {hf:?}")))?;
+        let t = t.to_device(&cpu)?.to_dtype(candle_core::DType::F32)?.contiguous()?;
+        let q = if t.rank() == 1 {
+            QTensor::quantize(&t, GgmlDType::F32)?
+        } else {
+            let (rows, k) = t.dims2()?;
+            let heads = match hf.as_str() {
+                h if cfg.architecture == Architecture::Llama && h.contains(".self_attn.q_proj.") => Some(cfg.num_attention_heads),
+                h if cfg.architecture == Architecture::Llama && h.contains(".self_attn.k_proj.") => Some(cfg.num_key_value_heads),
+                _ => None,
+            };
+            let t = match heads {
+                Some(h) => {
+                    let bytes: Vec<u8> = t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    let p = permute_rows(&bytes, rows, h, false);
+                    let v: Vec<f32> = p.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect();
+                    Tensor::from_vec(v, (rows, k), &cpu)?
+                }
+                None => t,
+            };
+            let is_emb = g == "token_embd.weight" || g == "output.weight";
+            QTensor::quantize(&t, ty.for_matrix(k, is_emb))?
+        };
+        *types_count.entry(format!("{:?}", q.dtype())).or_default() += 1;
+        tensors.push((g, q));
+    }
+    let tmp = out.with_extension("gguf.tmp");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| ModelError::io(&tmp, e))?);
+        let m: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let t: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        candle_core::quantized::gguf_file::write(&mut w, &m, &t)?;
+        use std::io::Write;
+        w.flush().map_err(|e| ModelError::io(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| ModelError::io(out, e))?;
+    let bytes = std::fs::metadata(out).map_err(|e| ModelError::io(out, e))?.len();
+    Ok(ExportReport { path: out.to_path_buf(), tensors: tensors.len(), bytes, types: types_count })
+}

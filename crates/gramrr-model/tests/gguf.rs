@@ -296,3 +296,47 @@ fn q_k_row_permutation_round_trips() {
     assert_eq!(&p[..8], &[0, 4, 1, 5, 2, 6, 3, 7]);
     let _ = Tensor::zeros(1, DType::F32, &Device::Cpu);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+#[test]
+fn exported_gguf_reloads_as_the_same_model() {
+    use gramrr_model::gguf::{export, ExportType};
+    let tmp = tempfile::tempdir().unwrap();
+    for model in ["llama-gqa-rope3-tied", "qwen2-bias", "qwen3-qknorm", "llama-untied"] {
+        let st = load(&fixture("models").join(model), false);
+        let reference = token_logprobs(&st);
+        let spread = reference.iter().map(|x| x.abs()).sum::<f32>() / reference.len() as f32;
+        for (ty, tol) in [(ExportType::F16, 1e-4f32), (ExportType::Q8_0, 0.08), (ExportType::Q4K, 0.08)] {
+            let out = tmp.path().join(format!("{model}.{ty:?}.gguf"));
+            let report = export(&st.model, &st.tokenizer, model, &out, ty).unwrap();
+            let g = load(&out, false);
+            for t in TEXTS {
+                assert_eq!(g.tokenizer.encode(t, true).unwrap(), st.tokenizer.encode(t, true).unwrap(), "{model} {ty:?}: {t:?}");
+            }
+            let got = token_logprobs(&g);
+            let d = max_abs_diff(&reference, &got);
+            eprintln!("{model} {ty:?}: {:?}, max |Δ log-prob| {d:.2e}", report.types);
+            if ty == ExportType::F16 {
+                // Exact f16 weights: compare with the f16-rounded model, to float noise.
+                let mut rounded = load(&fixture("models").join(model), false);
+                rounded
+                    .model
+                    .map_parameters(&mut |_, t| Ok(if t.rank() == 2 { t.to_dtype(DType::F16)?.to_dtype(DType::F32)? } else { t.clone() }))
+                    .unwrap();
+                let d = max_abs_diff(&token_logprobs(&rounded), &got);
+                assert!(d < tol, "{model} f16 export: {d}");
+            } else {
+                // Rows of 64/128 values are too short for Q4_K's 256 blocks: those fall back to
+                // Q8_0 as llama.cpp's quantizer does, so both land in Q8_0's tolerance (above).
+                assert!(d < tol * spread, "{model} {ty:?} export: max |Δ log-prob| {d} ≥ {tol}·{spread}");
+            }
+            let p = SamplingParams { max_new_tokens: 8, temperature: 0.0, ignore_eos: true, ..Default::default() };
+            let prompt = vec![st.tokenizer.encode("Hello world", true).unwrap()];
+            if ty == ExportType::F16 {
+                assert_eq!(g.generate_ids(&prompt, &[0], &p).unwrap()[0].token_ids.len(), 8);
+            }
+        }
+    }
+}
