@@ -7,6 +7,14 @@
 //! pool beside rayon's costs more than it brings elsewhere. So the weight is cut here into
 //! row slices, one per rayon thread, each its own [`QTensor`] (tiles and all), and the
 //! slices run on rayon. Inside an engine worker's one-thread pool they simply run in turn.
+//!
+//! Many rows at once (prompt processing, scoring) go another way: each slice is dequantized
+//! into a short-lived f32 buffer and multiplied by the f32 GEMM. Where candle has no tiled
+//! integer kernel for the shape (rows that are not a multiple of 256 values, as in SmolLM2's
+//! 576), its row-by-row integer dot products reach a fifth of the GEMM's speed; dequantizing
+//! costs N·K once against the product's M·N·K, and the result is the f32 product of the
+//! dequantized weights (no 8-bit rounding of the activations). Decoding (a few rows) stays on
+//! the integer kernels, which read the weights at their quantized size.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -19,6 +27,11 @@ use crate::error::{ModelError, Result};
 
 /// Rows per slice are a multiple of this, so that each slice keeps candle's 16-row tiling.
 const ROW_ALIGN: usize = 16;
+/// At most this many f32 values per slice, which bounds the buffer a dequantized slice takes
+/// on the dense path (16 MiB).
+const MAX_SLICE_VALUES: usize = 4 << 20;
+/// From this many input rows on, matmuls dequantize and use the f32 GEMM.
+pub const DENSE_MIN_ROWS: usize = 32;
 
 /// A quantized (N, K) weight, applied as `x Wᵀ`.
 #[derive(Clone)]
@@ -39,7 +52,9 @@ impl std::fmt::Debug for QuantLinear {
 impl QuantLinear {
     /// Cuts `q` (N, K) into one slice per rayon thread.
     pub fn new(q: QTensor) -> Result<Self> {
-        Self::with_slices(q, rayon::current_num_threads())
+        let (n, k) = q.shape().dims2()?;
+        let by_size = (n * k).div_ceil(MAX_SLICE_VALUES);
+        Self::with_slices(q, rayon::current_num_threads().max(by_size))
     }
 
     pub fn with_slices(q: QTensor, slices: usize) -> Result<Self> {
@@ -91,6 +106,18 @@ impl QuantLinear {
         let x = x.contiguous()?;
         if x.dim(candle_core::D::Minus1)? != self.k {
             return Err(ModelError::Input(format!("quantized matmul: input {:?} for a {}x{} weight", x.dims(), self.n, self.k)));
+        }
+        let m = x.elem_count() / self.k;
+        if m >= DENSE_MIN_ROWS && x.device().is_cpu() && std::env::var_os("GRAMRR_QUANT_DENSE_OFF").is_none() {
+            let x2 = x.reshape((m, self.k))?;
+            let mut outs = Vec::with_capacity(self.parts.len());
+            for (p, _) in &self.parts {
+                let w = p.dequantize(&x.device().clone())?;
+                outs.push(crate::ops::linear(&x2, &w)?);
+            }
+            let mut dims = x.dims().to_vec();
+            *dims.last_mut().expect("rank ≥ 1") = self.n;
+            return Ok(Tensor::cat(&outs, 1)?.reshape(dims)?);
         }
         if self.parts.len() == 1 {
             return Ok(x.apply_op1_no_bwd(self.parts[0].0.as_ref())?);
