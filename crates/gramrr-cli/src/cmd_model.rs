@@ -18,13 +18,20 @@ use crate::io::{progress_bar, read_jsonl, JsonlWriter};
 /// How to load a model: shared by every subcommand that runs one.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// Model directory in Hugging Face layout, or `org/name[@revision]` in the local HF cache
-    /// (HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub). Nothing is ever downloaded.
+    /// Model directory in Hugging Face layout, `org/name[@revision]` in the local HF cache
+    /// (HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub), or a `.gguf` file (llama.cpp's
+    /// format: Llama, Qwen2 or Qwen3 with a byte-level BPE tokenizer; config, tokenizer and chat
+    /// template come from the file). Nothing is ever downloaded.
     /// Or OpenAI-compatible servers of the model: `http://host:port/v1` (vLLM, SGLang,
     /// llama.cpp's server, gramrr serve), comma-separated for replicas; then give --tokenizer.
     /// The API key comes from GRAMRR_API_KEY or OPENAI_API_KEY.
     #[arg(long)]
     pub model: String,
+    /// GGUF only: dequantize the weights to f32 at load. By default quantized weights stay
+    /// quantized and matmuls run on them (8-bit activations, as llama.cpp does): less memory
+    /// and faster decoding, log-probs within the format's tolerance of the f32 computation.
+    #[arg(long)]
+    pub dequantize: bool,
     /// With a server --model: the model's tokenizer (directory or `org/name`), for its chat
     /// template and label tokens; prompts go to the server as token ids.
     #[arg(long)]
@@ -56,7 +63,13 @@ impl ModelArgs {
         if gramrr_remote::is_url(&self.model) {
             bail!("--model {}: this command needs a local model directory (the weights themselves), not a server", self.model);
         }
-        let opts = LoadOptions { device: self.device, dtype: self.dtype, batch_size: self.batch_size, ..Default::default() };
+        let opts = LoadOptions {
+            device: self.device,
+            dtype: self.dtype,
+            batch_size: self.batch_size,
+            dequantize: self.dequantize,
+            ..Default::default()
+        };
         Engine::load(&self.model, &opts).with_context(|| format!("loading model {}", self.model))
     }
 
@@ -602,5 +615,43 @@ fn bench_engine(b: BenchEngineArgs) -> Result<()> {
     if let Some(p) = &b.output {
         std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))?;
     }
+    Ok(())
+}
+
+/// Write a model as one GGUF file for llama.cpp, Ollama and LM Studio.
+///
+/// Matrices are quantized to the chosen type (1-D tensors stay f32); a matrix whose rows do
+/// not fit the type's block (256 values for Q4_K, 32 for Q8_0) gets the next finer type, as
+/// llama.cpp's quantizer does. Llama's q/k rows are permuted for llama.cpp's RoPE, and the
+/// tokenizer (byte-level BPE), chat template and special tokens go into the metadata.
+/// Quantize merged models after training (`gramrr merge-lora` first), not during it.
+///
+/// Example: gramrr export-gguf --model runs/rm/final --out rm.q8_0.gguf --type q8_0
+#[derive(Args)]
+pub struct ExportGgufArgs {
+    /// Model directory (HF layout), `org/name` in the HF cache, or a .gguf file to rewrite.
+    #[arg(long)]
+    model: String,
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Tensor type: f16, q8_0 (8 bits, near-lossless) or q4_k (4.5 bits; Q6_K for the
+    /// embedding/output matrix).
+    #[arg(long = "type", default_value = "q8_0")]
+    ty: gramrr_model::gguf::ExportType,
+    /// `general.name` in the file (default: the model's directory or file name).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+pub fn export_gguf(a: ExportGgufArgs) -> Result<()> {
+    let opts = LoadOptions { dequantize: true, ..Default::default() };
+    let engine = Engine::load(&a.model, &opts).with_context(|| format!("loading model {}", a.model))?;
+    let name = a.name.clone().unwrap_or_else(|| {
+        std::path::Path::new(&a.model).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| a.model.clone())
+    });
+    let report = gramrr_model::gguf::export(&engine.model, &engine.tokenizer, &name, &a.out, a.ty)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

@@ -66,6 +66,8 @@ enum Command {
     Demo(cmd_pipeline::DemoArgs),
     /// Measure engine speed and memory (writes JSON for BENCHMARKS.md).
     Bench(cmd_model::BenchArgs),
+    /// Write a model as a GGUF file (f16, q8_0 or q4_k) for llama.cpp and Ollama.
+    ExportGguf(cmd_model::ExportGgufArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         Command::Logprobs(a) => cmd_model::logprobs(a),
         Command::Generate(a) => cmd_model::generate(a),
         Command::Bench(a) => cmd_model::bench(a),
+        Command::ExportGguf(a) => cmd_model::export_gguf(a),
         Command::Train(c) => cmd_train::run(c),
         Command::MergeLora(a) => cmd_train::merge_lora(a),
         Command::Judge(a) => cmd_judge::judge(a),

@@ -67,11 +67,14 @@ pub struct LoadOptions {
     /// Pays for small models, whose matrices are too small for a threaded GEMM; 1 leaves the
     /// threading to the kernels. Outputs do not depend on it (per-item seeds).
     pub workers: usize,
+    /// GGUF only: dequantize the weights to f32 at load instead of computing on them
+    /// quantized (exact f32 arithmetic on the dequantized values, more memory, slower decoding).
+    pub dequantize: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: DeviceChoice::Cpu, dtype: WeightDType::F32, batch_size: 8, max_batch_tokens: 8192, workers: 1 }
+        Self { device: DeviceChoice::Cpu, dtype: WeightDType::F32, batch_size: 8, max_batch_tokens: 8192, workers: 1, dequantize: false }
     }
 }
 
@@ -126,8 +129,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads a model from a directory or an `org/name` in the offline HF cache.
+    /// Loads a model from a directory, an `org/name` in the offline HF cache, or a `.gguf` file
+    /// (config, tokenizer and chat template from its metadata; weights kept quantized unless
+    /// `opts.dequantize`).
     pub fn load(model: &str, opts: &LoadOptions) -> Result<Self> {
+        if crate::gguf::is_gguf_path(model) {
+            let path = PathBuf::from(model);
+            let device = opts.device.device()?;
+            let (_cfg, tokenizer, decoder) = crate::gguf::load(&path, &device, opts.dequantize)?;
+            return Self::from_parts(decoder, tokenizer, path, opts);
+        }
         let dir = crate::hub::resolve_model_dir(model)?;
         let device = opts.device.device()?;
         let cfg = DecoderConfig::from_file(&dir.join("config.json"))?;
@@ -139,7 +150,8 @@ impl Engine {
     }
 
     pub fn from_parts(model: Decoder, tokenizer: TextTokenizer, dir: PathBuf, opts: &LoadOptions) -> Result<Self> {
-        let mut generation = GenerationConfig::from_dir(&dir)?.unwrap_or_default();
+        let mut generation =
+            if dir.is_dir() { GenerationConfig::from_dir(&dir)?.unwrap_or_default() } else { GenerationConfig::default() };
         // Stop at every end token anyone declares: generation_config, config.json, tokenizer.
         for id in model.cfg.eos_token_ids.iter().chain(tokenizer.eos_token_id.iter()) {
             if !generation.eos_token_ids.contains(id) {

@@ -21,6 +21,7 @@ use rand::Rng;
 use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
 use crate::ops;
+use crate::qlinear::QuantLinear;
 
 /// Where weights come from: a safetensors checkpoint, or random initialisation.
 pub trait WeightSource {
@@ -28,6 +29,18 @@ pub trait WeightSource {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
     /// Whether the source holds a tensor called `name` (for optional tensors like `lm_head`).
     fn contains(&self, name: &str) -> bool;
+    /// The (out, in) weight `name` kept quantized, where the source holds it so and is asked
+    /// to keep it (GGUF); `None`: load it dense with [`WeightSource::get`].
+    fn get_quantized(&self, _name: &str, _shape: &[usize]) -> Result<Option<QuantLinear>> {
+        Ok(None)
+    }
+}
+
+/// What a quantized layer's dense `weight` field holds: a zero-sized-in-memory stand-in with
+/// the right shape (a broadcast scalar), so that shape queries work. Its values are not the
+/// weight's: [`Linear::dense_weight`] and the parameter visitors dequantize instead.
+fn quantized_stand_in(q: &QuantLinear) -> Result<Tensor> {
+    Ok(Tensor::zeros((), DType::F32, &q.device())?.broadcast_as(q.dims())?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -53,6 +66,9 @@ pub struct Linear {
     pub lora: Option<LoraAdapter>,
     /// When set, the weight is a constant for backprop: gradients flow to the input only.
     pub frozen: bool,
+    /// A quantized weight (GGUF, inference): the matmul runs on it, and `weight` is only a
+    /// stand-in of the right shape.
+    pub quant: Option<QuantLinear>,
 }
 
 /// `x Wᵀ` whose backward gives only the input gradient `g W`. candle's matmul backward always
@@ -185,17 +201,42 @@ impl CustomOp3 for FrozenLoraMatmul {
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias, lora: None, frozen: false }
+        Self { weight, bias, lora: None, frozen: false, quant: None }
     }
 
     pub fn load(ws: &dyn WeightSource, name: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
-        let weight = ws.get(&format!("{name}.weight"), &[out, inp])?;
         let bias = if bias { Some(ws.get(&format!("{name}.bias"), &[out])?) } else { None };
+        if let Some(q) = ws.get_quantized(&format!("{name}.weight"), &[out, inp])? {
+            let mut lin = Self::new(quantized_stand_in(&q)?, bias);
+            lin.quant = Some(q);
+            return Ok(lin);
+        }
+        let weight = ws.get(&format!("{name}.weight"), &[out, inp])?;
         Ok(Self::new(weight, bias))
+    }
+
+    /// The weight in f32: dequantized if it is held quantized.
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        match &self.quant {
+            Some(q) => q.dequantize(self.weight.device()),
+            None => Ok(self.weight.clone()),
+        }
     }
 
     /// x: (N, in) → (N, out)
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        if let Some(q) = &self.quant {
+            let mut y = q.forward(x)?;
+            if let Some(b) = &self.bias {
+                y = y.broadcast_add(b)?;
+            }
+            if let Some(l) = &self.lora {
+                let xd = ctx.dropout(x, l.dropout)?;
+                let delta = ops::linear(&ops::linear(&xd, &l.a)?, &l.b)?;
+                y = (y + (delta * l.scale)?)?;
+            }
+            return Ok(y);
+        }
         // Frozen weight with an adapter and no dropout, on CPU: one op keeps only x for the
         // backward, instead of x Wᵀ, the low-rank product, its scaled copy and their sum.
         if let Some(l) = self.lora.as_ref().filter(|l| self.frozen && x.device().is_cpu() && !(ctx.train && l.dropout > 0.0)) {
@@ -223,9 +264,10 @@ impl Linear {
 
     /// `W + scale · B A`: the weight a merged checkpoint carries.
     pub fn merged_weight(&self) -> Result<Tensor> {
+        let w = self.dense_weight()?;
         match &self.lora {
-            None => Ok(self.weight.clone()),
-            Some(l) => Ok((&self.weight + (l.b.matmul(&l.a)? * l.scale)?)?),
+            None => Ok(w),
+            Some(l) => Ok((&w + (l.b.matmul(&l.a)? * l.scale)?)?),
         }
     }
 }
@@ -255,6 +297,14 @@ impl ForwardCtx {
         let mask: Vec<f32> = (0..n).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
         Ok((x * mask)?)
+    }
+}
+
+/// A matrix that may stay quantized: (stand-in, Some(quantized)) or (dense, None).
+fn load_matrix(ws: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<(Tensor, Option<QuantLinear>)> {
+    match ws.get_quantized(name, shape)? {
+        Some(q) => Ok((quantized_stand_in(&q)?, Some(q))),
+        None => Ok((ws.get(name, shape)?, None)),
     }
 }
 
@@ -556,6 +606,10 @@ pub struct Decoder {
     pub norm: RmsNorm,
     /// (vocab, C); `None` when tied to `embed_tokens`.
     pub lm_head: Option<Tensor>,
+    /// The embedding table kept quantized (GGUF); `embed_tokens` is then a stand-in.
+    pub embed_quant: Option<QuantLinear>,
+    /// An untied output matrix kept quantized; `lm_head` is then a stand-in.
+    pub lm_head_quant: Option<QuantLinear>,
     inv_freq: Vec<f32>,
 }
 
@@ -579,7 +633,7 @@ pub struct ForwardInput<'a> {
 impl Decoder {
     pub fn load(cfg: &DecoderConfig, ws: &dyn WeightSource) -> Result<Self> {
         let c = cfg.hidden_size;
-        let embed_tokens = ws.get("model.embed_tokens.weight", &[cfg.vocab_size, c])?;
+        let (embed_tokens, embed_quant) = load_matrix(ws, "model.embed_tokens.weight", &[cfg.vocab_size, c])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -597,12 +651,39 @@ impl Decoder {
         }
         let norm = RmsNorm::load(ws, "model.norm", c, cfg.rms_norm_eps)?;
         // Some tied checkpoints still carry lm_head.weight; the tie decides, as in transformers.
-        let lm_head = if cfg.tie_word_embeddings {
-            None
+        let (lm_head, lm_head_quant) = if cfg.tie_word_embeddings {
+            (None, None)
         } else {
-            Some(ws.get("lm_head.weight", &[cfg.vocab_size, c])?)
+            let (w, q) = load_matrix(ws, "lm_head.weight", &[cfg.vocab_size, c])?;
+            (Some(w), q)
         };
-        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, inv_freq: rope_inv_freq(cfg) })
+        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, embed_quant, lm_head_quant, inv_freq: rope_inv_freq(cfg) })
+    }
+
+    /// Divides each rotary frequency by its factor (GGUF's `rope_freqs.weight`: Llama 3.1's
+    /// frequency scaling as llama.cpp stores it).
+    pub fn set_rope_frequency_factors(&mut self, factors: &[f32]) -> Result<()> {
+        if factors.len() != self.inv_freq.len() {
+            return Err(ModelError::Input(format!(
+                "{} rope frequency factors for {} frequencies",
+                factors.len(),
+                self.inv_freq.len()
+            )));
+        }
+        self.inv_freq.iter_mut().zip(factors).for_each(|(f, d)| *f /= d);
+        Ok(())
+    }
+
+    /// Whether any weight is held quantized (inference only; training dequantizes).
+    pub fn is_quantized(&self) -> bool {
+        self.embed_quant.is_some()
+            || self.lm_head_quant.is_some()
+            || self.layers.iter().any(|l| l.linears().iter().any(|(_, lin)| lin.quant.is_some()))
+    }
+
+    /// Replaces every quantized weight by its f32 dequantization.
+    pub fn dequantize(&mut self) -> Result<()> {
+        self.map_parameters(&mut |_, t| Ok(t.clone()))
     }
 
     pub fn device(&self) -> &Device {
@@ -628,8 +709,10 @@ impl Decoder {
         if let Some(&bad) = flat.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
             return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary ({})", self.cfg.vocab_size)));
         }
-        let ids = Tensor::from_vec(flat, b * t, dev)?;
-        let mut x = self.embed_tokens.embedding(&ids)?; // (B·T, C)
+        let mut x = match &self.embed_quant {
+            Some(q) => q.embedding(&flat, dev)?,
+            None => self.embed_tokens.embedding(&Tensor::from_vec(flat, b * t, dev)?)?,
+        }; // (B·T, C)
         let rope = rope_tables(&self.inv_freq, input.positions, dev)?;
         let offset = cache.as_ref().map_or(0, |c| c.len);
         if let Some(c) = cache.as_ref() {
@@ -671,6 +754,10 @@ impl Decoder {
 
     /// hidden: (N, C) → logits (N, vocab)
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let quant = if self.lm_head.is_some() { self.lm_head_quant.as_ref() } else { self.embed_quant.as_ref() };
+        if let Some(q) = quant {
+            return q.forward(hidden);
+        }
         let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         if !w.is_variable() && hidden.device().is_cpu() && hidden.rank() == 2 {
             // A constant weight (inference, LoRA): the frozen op, with its few-rows path.
@@ -686,13 +773,20 @@ impl Decoder {
         out
     }
 
+    /// Quantized weights are visited dequantized (so exports and training see real values).
     pub fn visit_parameters(&self, f: &mut dyn FnMut(&str, &Tensor)) {
-        f("model.embed_tokens.weight", &self.embed_tokens);
+        let dense = |q: &Option<QuantLinear>, t: &Tensor| -> Tensor {
+            match q {
+                Some(q) => q.dequantize(t.device()).expect("dequantizing a loaded quantized weight"),
+                None => t.clone(),
+            }
+        };
+        f("model.embed_tokens.weight", &dense(&self.embed_quant, &self.embed_tokens));
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             f(&format!("{p}.input_layernorm.weight"), &l.input_layernorm.weight);
             for (n, lin) in l.linears() {
-                f(&format!("{p}.{n}.weight"), &lin.weight);
+                f(&format!("{p}.{n}.weight"), &dense(&lin.quant, &lin.weight));
                 if let Some(b) = &lin.bias {
                     f(&format!("{p}.{n}.bias"), b);
                 }
@@ -707,13 +801,27 @@ impl Decoder {
         }
         f("model.norm.weight", &self.norm.weight);
         if let Some(h) = &self.lm_head {
-            f("lm_head.weight", h);
+            f("lm_head.weight", &dense(&self.lm_head_quant, h));
         }
     }
 
     /// Replaces every parameter through `f(name, old) -> new` (e.g. with `Var`-backed tensors
     /// for training, or converted dtypes).
+    /// Quantized weights are passed dequantized, and come back dense.
     pub fn map_parameters(&mut self, f: &mut dyn FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<()> {
+        if let Some(q) = self.embed_quant.take() {
+            self.embed_tokens = q.dequantize(self.embed_tokens.device())?;
+        }
+        if let (Some(q), Some(h)) = (self.lm_head_quant.take(), self.lm_head.as_mut()) {
+            *h = q.dequantize(h.device())?;
+        }
+        for l in self.layers.iter_mut() {
+            for (_, lin) in l.linears_mut() {
+                if let Some(q) = lin.quant.take() {
+                    lin.weight = q.dequantize(lin.weight.device())?;
+                }
+            }
+        }
         self.embed_tokens = f("model.embed_tokens.weight", &self.embed_tokens)?;
         for (i, l) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{i}");

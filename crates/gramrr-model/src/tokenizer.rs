@@ -79,6 +79,19 @@ impl TextTokenizer {
         Ok(Self { inner, path, chat_template, special, eos_token_id, pad_token_id })
     }
 
+    /// A tokenizer assembled elsewhere (from GGUF metadata): `special` holds the token strings
+    /// the chat template sees (`bos_token`, `eos_token`, …).
+    pub fn from_parts(
+        inner: Tokenizer,
+        path: PathBuf,
+        chat_template: Option<String>,
+        special: serde_json::Map<String, Value>,
+        eos_token_id: Option<u32>,
+        pad_token_id: Option<u32>,
+    ) -> Self {
+        Self { inner, path, chat_template, special, eos_token_id, pad_token_id }
+    }
+
     pub fn from_tokenizer(inner: Tokenizer, path: PathBuf) -> Self {
         Self { inner, path, chat_template: None, special: Default::default(), eos_token_id: None, pad_token_id: None }
     }

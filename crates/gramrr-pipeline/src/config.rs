@@ -193,7 +193,7 @@ impl EngineConfig {
         if self.replicas == 0 || self.max_in_flight == 0 {
             return Err(PipelineError::config(origin, "engine.replicas and engine.max_in_flight must be at least 1"));
         }
-        Ok(LoadOptions { device, dtype, batch_size: self.batch_size, max_batch_tokens: self.max_batch_tokens, workers: self.workers })
+        Ok(LoadOptions { device, dtype, batch_size: self.batch_size, max_batch_tokens: self.max_batch_tokens, workers: self.workers, dequantize: false })
     }
 }
 

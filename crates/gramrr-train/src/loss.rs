@@ -249,7 +249,7 @@ pub fn label_ce_sum(z: &Tensor, labels: &[usize], smoothing: f64) -> Result<Tens
 fn head_logits(decoder: &Decoder, hidden: &Tensor, frozen: bool, ctx: &mut ForwardCtx) -> Result<Tensor> {
     let w = decoder.lm_head.as_ref().unwrap_or(&decoder.embed_tokens);
     if frozen {
-        let lin = Linear { weight: w.clone(), bias: None, lora: None, frozen: true };
+        let lin = Linear { weight: w.clone(), bias: None, lora: None, frozen: true, quant: None };
         Ok(lin.forward(hidden, ctx)?)
     } else {
         Ok(decoder.logits(hidden)?)

@@ -1,0 +1,188 @@
+//! Matmuls on quantized weights: candle's GGML kernels, threaded by gramrr.
+//!
+//! candle's quantized matmul quantizes the activations to 8 bits on the fly (Q8_0/Q8_1/Q8_K,
+//! as llama.cpp does) and takes integer dot products; on x86 with AVX512-VNNI it repacks
+//! Q4_K, Q6_K and Q8_0 weights into 16-row tiles for `vpdpbusd`. It threads on candle's own
+//! barrier pool, which gramrr keeps at one thread (see [`crate::tune_threads`]): a spinning
+//! pool beside rayon's costs more than it brings elsewhere. So the weight is cut here into
+//! row slices, one per rayon thread, each its own [`QTensor`] (tiles and all), and the
+//! slices run on rayon. Inside an engine worker's one-thread pool they simply run in turn.
+//!
+//! Many rows at once (prompt processing, scoring) go another way: each slice is dequantized
+//! into a short-lived f32 buffer and multiplied by the f32 GEMM. Where candle has no tiled
+//! integer kernel for the shape (rows that are not a multiple of 256 values, as in SmolLM2's
+//! 576), its row-by-row integer dot products reach a fifth of the GEMM's speed; dequantizing
+//! costs N·K once against the product's M·N·K, and the result is the f32 product of the
+//! dequantized weights (no 8-bit rounding of the activations). Decoding (a few rows) stays on
+//! the integer kernels, which read the weights at their quantized size.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use crate::error::{ModelError, Result};
+
+/// Rows per slice are a multiple of this, so that each slice keeps candle's 16-row tiling.
+const ROW_ALIGN: usize = 16;
+/// At most this many f32 values per slice, which bounds the buffer a dequantized slice takes
+/// on the dense path (16 MiB).
+const MAX_SLICE_VALUES: usize = 4 << 20;
+/// From this many input rows on, matmuls dequantize and use the f32 GEMM.
+pub const DENSE_MIN_ROWS: usize = 32;
+
+/// A quantized (N, K) weight, applied as `x Wᵀ`.
+#[derive(Clone)]
+pub struct QuantLinear {
+    /// Row slices in order, with their row counts.
+    parts: Vec<(Arc<QTensor>, usize)>,
+    n: usize,
+    k: usize,
+    dtype: GgmlDType,
+}
+
+impl std::fmt::Debug for QuantLinear {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "QuantLinear[{}x{} {:?} in {} slices]", self.n, self.k, self.dtype, self.parts.len())
+    }
+}
+
+impl QuantLinear {
+    /// Cuts `q` (N, K) into one slice per rayon thread.
+    pub fn new(q: QTensor) -> Result<Self> {
+        let (n, k) = q.shape().dims2()?;
+        let by_size = (n * k).div_ceil(MAX_SLICE_VALUES);
+        Self::with_slices(q, rayon::current_num_threads().max(by_size))
+    }
+
+    pub fn with_slices(q: QTensor, slices: usize) -> Result<Self> {
+        let (n, k) = q.shape().dims2()?;
+        let dtype = q.dtype();
+        let device = q.device();
+        let per = n.div_ceil(slices.max(1)).div_ceil(ROW_ALIGN) * ROW_ALIGN;
+        if slices <= 1 || per >= n {
+            return Ok(Self { parts: vec![(Arc::new(q), n)], n, k, dtype });
+        }
+        let bytes = q.data()?;
+        let row_bytes = bytes.len() / n;
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let rows = per.min(n - start);
+            let slice = &bytes[start * row_bytes..(start + rows) * row_bytes];
+            let storage = QStorage::from_data(Cow::Borrowed(slice), &device, dtype)?;
+            parts.push((Arc::new(QTensor::new(storage, (rows, k))?), rows));
+            start += rows;
+        }
+        Ok(Self { parts, n, k, dtype })
+    }
+
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    pub fn device(&self) -> Device {
+        self.parts[0].0.device()
+    }
+
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
+
+    /// Bytes the weight takes.
+    pub fn size_in_bytes(&self) -> usize {
+        self.parts.iter().map(|(p, _)| p.storage_size_in_bytes()).sum()
+    }
+
+    /// The slices (for writing them back out).
+    pub fn slices(&self) -> impl Iterator<Item = &QTensor> {
+        self.parts.iter().map(|(p, _)| p.as_ref())
+    }
+
+    /// x: (M, K) f32 → (M, N).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        if x.dim(candle_core::D::Minus1)? != self.k {
+            return Err(ModelError::Input(format!("quantized matmul: input {:?} for a {}x{} weight", x.dims(), self.n, self.k)));
+        }
+        let m = x.elem_count() / self.k;
+        if m >= DENSE_MIN_ROWS && x.device().is_cpu() && std::env::var_os("GRAMRR_QUANT_DENSE_OFF").is_none() {
+            let x2 = x.reshape((m, self.k))?;
+            let mut outs = Vec::with_capacity(self.parts.len());
+            for (p, _) in &self.parts {
+                let w = p.dequantize(&x.device().clone())?;
+                outs.push(crate::ops::linear(&x2, &w)?);
+            }
+            let mut dims = x.dims().to_vec();
+            *dims.last_mut().expect("rank ≥ 1") = self.n;
+            return Ok(Tensor::cat(&outs, 1)?.reshape(dims)?);
+        }
+        if self.parts.len() == 1 {
+            return Ok(x.apply_op1_no_bwd(self.parts[0].0.as_ref())?);
+        }
+        let outs: Vec<Tensor> = self
+            .parts
+            .par_iter()
+            .map(|(p, _)| x.apply_op1_no_bwd(p.as_ref()))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Tensor::cat(&outs, x.rank() - 1)?)
+    }
+
+    /// Rows `ids` of the weight, dequantized: (len, K). The embedding lookup.
+    pub fn embedding(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.n) {
+            return Err(ModelError::Input(format!("row {bad} is outside the {} rows of the table", self.n)));
+        }
+        if self.parts.len() == 1 {
+            let idx = Tensor::from_vec(ids.to_vec(), ids.len(), device)?;
+            return Ok(self.parts[0].0.embedding(&idx)?);
+        }
+        // Look each id up in its slice, then put the rows back in the order asked.
+        let mut pieces = Vec::new();
+        let mut order = Vec::with_capacity(ids.len());
+        let mut start = 0u32;
+        for (p, rows) in &self.parts {
+            let end = start + *rows as u32;
+            let local: Vec<u32> =
+                ids.iter().enumerate().filter(|(_, &i)| i >= start && i < end).map(|(pos, &i)| {
+                    order.push(pos as u32);
+                    i - start
+                }).collect();
+            if !local.is_empty() {
+                let n = local.len();
+                pieces.push(p.embedding(&Tensor::from_vec(local, n, device)?)?);
+            }
+            start = end;
+        }
+        let stacked = Tensor::cat(&pieces, 0)?;
+        let mut inverse = vec![0u32; ids.len()];
+        for (row, &pos) in order.iter().enumerate() {
+            inverse[pos as usize] = row as u32;
+        }
+        Ok(stacked.index_select(&Tensor::from_vec(inverse, ids.len(), device)?, 0)?)
+    }
+
+    /// The whole weight in f32: (N, K).
+    pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
+        let parts: Vec<Tensor> =
+            self.parts.iter().map(|(p, _)| p.dequantize(device)).collect::<candle_core::Result<_>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// The weight as one QTensor again (for writing a GGUF file).
+    pub fn to_qtensor(&self) -> Result<QTensor> {
+        if self.parts.len() == 1 {
+            let p = &self.parts[0].0;
+            let storage = QStorage::from_data(p.data()?, &p.device(), self.dtype)?;
+            return Ok(QTensor::new(storage, (self.n, self.k))?);
+        }
+        let mut bytes = Vec::new();
+        for (p, _) in &self.parts {
+            bytes.extend_from_slice(&p.data()?);
+        }
+        let storage = QStorage::from_data(Cow::Owned(bytes), &self.parts[0].0.device(), self.dtype)?;
+        Ok(QTensor::new(storage, (self.n, self.k))?)
+    }
+}

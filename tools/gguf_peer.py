@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""llama.cpp (llama-cpp-python) as the reference for gramrr's GGUF support.
+
+  python3 tools/gguf_peer.py quantize SRC.gguf OUT.gguf q8_0|q4_k_m
+      llama.cpp's own quantizer (llama_model_quantize).
+  python3 tools/gguf_peer.py reference FILE.gguf OUT.json
+      What llama.cpp computes on FILE: token ids of TEXTS, 32 greedy tokens after PROMPTS
+      (with the top-2 logit gap at each step), and per-token log-probs of SCORED.
+  python3 tools/gguf_peer.py bench FILE.gguf THREADS
+      Prompt processing (512 tokens) and decoding (batch 1, 128 tokens), tokens/s, as JSON.
+
+The Rust test crates/gramrr-model/tests/gguf_peers.rs compares gramrr with the JSON files.
+"""
+import json, sys, time, ctypes
+
+TEXTS = [
+    "Hello world, the quick brown fox jumps over the lazy dog.",
+    "  numbers 12345 and 3.14159,   spaces\nnew lines\n\n\ttabs",
+    "Ünïcödé café — naïve 🦀 日本語のテキスト",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "def f(x):\n    return x ** 2  # square\n",
+]
+PROMPTS = [
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+    "The capital of France is",
+    "Once upon a time, there was a little robot who",
+    "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n",
+]
+SCORED = [
+    ("The capital of France is", " Paris. It is known for the Eiffel Tower and the Louvre."),
+    ("<|im_start|>user\nWhich answer is better, A or B?<|im_end|>\n<|im_start|>assistant\n",
+     "Answer A is better because it is correct and concise."),
+]
+
+
+def load(path, n_ctx=1024, threads=2):
+    from llama_cpp import Llama
+    return Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
+                 logits_all=True, verbose=False)
+
+
+def tok(llm, text):
+    return llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+
+def log_softmax(row):
+    import numpy as np
+    row = np.asarray(row, dtype=np.float64)
+    m = row.max()
+    return row - (m + np.log(np.exp(row - m).sum()))
+
+
+def reference(path, out):
+    import numpy as np
+    llm = load(path)
+    res = {"file": path, "texts": [], "greedy": [], "scored": []}
+    for t in TEXTS:
+        res["texts"].append({"text": t, "ids": tok(llm, t)})
+    for p in PROMPTS:
+        ids = tok(llm, p)
+        llm.reset()
+        llm.eval(ids)
+        gen, gaps = [], []
+        for _ in range(32):
+            logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+            top2 = np.sort(logits)[-2:]
+            nxt = int(logits.argmax())
+            gen.append(nxt)
+            gaps.append(float(top2[1] - top2[0]))
+            llm.eval([nxt])
+        res["greedy"].append({"prompt": p, "prompt_ids": ids, "ids": gen, "top2_gaps": gaps})
+    for p, c in SCORED:
+        pi, ci = tok(llm, p), tok(llm, c)
+        llm.reset()
+        llm.eval(pi + ci)
+        lps = [float(log_softmax(llm.scores[len(pi) + j - 1])[t]) for j, t in enumerate(ci)]
+        res["scored"].append({"prompt": p, "completion": c, "prompt_ids": pi, "completion_ids": ci, "token_logprobs": lps})
+    with open(out, "w") as f:
+        json.dump(res, f)
+    print(f"wrote {out}")
+
+
+def quantize(src, dst, kind):
+    import llama_cpp
+    ftype = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[kind]
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = 2
+    rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
+    if rc != 0:
+        sys.exit(f"llama_model_quantize failed ({rc})")
+    print(f"wrote {dst}")
+
+
+def bench(path, threads):
+    threads = int(threads)
+    llm = load(path, n_ctx=1024, threads=threads)
+    vocab = llm.n_vocab()
+    prompt = [(i * 2654435761 + 97) % (vocab - 8) + 4 for i in range(512)]
+    out = {"file": path, "threads": threads}
+    best = 1e9
+    for _ in range(3):
+        llm.reset()
+        t = time.perf_counter()
+        llm.eval(prompt)
+        best = min(best, time.perf_counter() - t)
+    out["prompt_512_tokens_per_second"] = 512 / best
+    best = 1e9
+    for _ in range(2):
+        llm.reset()
+        llm.eval(prompt[:128])
+        t = time.perf_counter()
+        for i in range(128):
+            llm.eval([prompt[i]])
+        best = min(best, time.perf_counter() - t)
+    out["decode_batch1_tokens_per_second"] = 128 / best
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    {"reference": reference, "quantize": quantize, "bench": bench}[cmd](*sys.argv[2:])
