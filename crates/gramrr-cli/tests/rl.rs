@@ -135,6 +135,25 @@ fn rl_framework_examples_talk_to_gramrr_serve() {
     // Bradley–Terry log-strengths of one group are centred.
     assert!((s[0] + s[1] + s[2]).abs() < 1e-6 && (s[3] + s[4]).abs() < 1e-6, "{s:?}");
 
+    // gramrr's own GRPO against the server: /v1/judge for the prompt with a reference (3 calls),
+    // /v1/rank for the other (a round robin of 3: 3 comparisons).
+    let prompts = tmp.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"q: 1+2=\", \"reference\": \"3\"}\n{\"prompt\": \"q: 4+4=\"}\n").unwrap();
+    let run = tmp.path().join("grpo");
+    let o = gramrr()
+        .args(["train", "grpo", "--model", model.to_str().unwrap(), "--prompts", prompts.to_str().unwrap(), "--rm-url", &url])
+        .args(["--out", run.to_str().unwrap(), "--steps", "2", "--prompts-per-step", "2", "--group-size", "3", "--max-new-tokens", "4"])
+        .output()
+        .unwrap();
+    ok(o, "train grpo --rm-url");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    for l in metrics.lines() {
+        let m: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(m["rm_calls"], 6, "{m}");
+        assert!(m["reward_mean"].as_f64().unwrap().is_finite());
+    }
+    assert_eq!(metrics.lines().count(), 2);
+
     // TRL: GRPOTrainer on a tiny policy on CPU, rewarded by the server.
     if !(has_python("trl") && has_python("torch")) {
         eprintln!("skipped: TRL GRPOTrainer example (trl/torch not installed)");
