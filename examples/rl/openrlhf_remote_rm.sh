@@ -7,6 +7,8 @@
 # response (the prompt is a prefix of the query), groups queries by prompt, and scores each with
 # the judge (round robin within the group, or against the label as a reference answer).
 # examples/rl/openrlhf_request.py sends exactly that request; its test runs it against a server.
+# The trainer flags below are those of recent OpenRLHF releases (GRPO: group_norm advantages,
+# k3 KL as a loss); OpenRLHF is not installed here, so check them against your version's --help.
 set -euo pipefail
 RM_DIR=${RM_DIR:?set RM_DIR to a GRAM-R² reward model directory}
 POLICY=${POLICY:?set POLICY to a policy model (HF name or directory)}

@@ -371,6 +371,16 @@ pub fn train_grpo(
             if ids.is_empty() {
                 return Err(RlError::Config(format!("prompt {} ({:?}) encodes to zero tokens", i + 1, p.id)));
             }
+            let limit = policy.model.cfg.max_position_embeddings;
+            if ids.len() + cfg.sampling.max_new_tokens > limit {
+                return Err(RlError::Config(format!(
+                    "prompt {} ({:?}): {} tokens + {} new tokens exceed the policy's {limit} positions (max_position_embeddings)",
+                    i + 1,
+                    p.id,
+                    ids.len(),
+                    cfg.sampling.max_new_tokens
+                )));
+            }
             Ok(ids)
         })
         .collect::<Result<_>>()?;

@@ -142,6 +142,21 @@ fn resume_after_interruption_gives_bit_identical_weights() {
 }
 
 #[test]
+fn bad_settings_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = FnReward::new("share-of-a", share_of_a);
+    let cases: [(GrpoConfig, &str); 3] = [
+        (GrpoConfig { group_size: 1, ..config(1) }, "group size must be at least 2"),
+        (GrpoConfig { sampling: SamplingParams { temperature: 0.0, max_new_tokens: 4, ..Default::default() }, ..config(1) }, "temperature above 0"),
+        (GrpoConfig { sampling: SamplingParams { temperature: 1.0, max_new_tokens: 5000, ..Default::default() }, ..config(1) }, "max_position_embeddings"),
+    ];
+    for (cfg, want) in cases {
+        let e = train_grpo(tiny_policy(dir.path()), &prompts(), &good, &cfg, None, &mut Quiet).err().unwrap().to_string();
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
+
+#[test]
 fn judge_rewards_follow_the_judges_preferences_in_and_out_of_groups() {
     // The judge prefers responses with more `a`s (quality = their count).
     let backend = Arc::new(OracleBackend::new(|t: &str| t.chars().filter(|&c| c == 'a').count() as f64));
