@@ -117,6 +117,11 @@ pub struct DemoArgs {
     /// Overrides --quick.
     #[arg(long, hide = true)]
     pub size: Option<String>,
+    /// After the demo, its last act: GRPO on the backbone three times (rewarded by GRAM-R², the
+    /// vanilla RM and the gold verifier), with gold accuracy before and after, gold against
+    /// proxy reward over the steps and best-of-n curves. Writes OUT/rl/report.md. Opt-in.
+    #[arg(long)]
+    pub rl: bool,
 }
 
 fn load(config: &Path) -> anyhow::Result<PipelineConfig> {
@@ -193,5 +198,9 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let report = run_demo(&DemoOptions { out: a.out.clone(), seed: a.seed, size, resume: a.resume })
         .with_context(|| format!("demo in {}", a.out.display()))?;
     println!("{}", report.to_markdown());
+    if a.rl {
+        let act = gramrr_pipeline::demo::rl_act::run_rl_act(&a.out, size, a.seed).with_context(|| format!("demo RL act in {}", a.out.display()))?;
+        println!("{}", act.to_markdown());
+    }
     Ok(())
 }
