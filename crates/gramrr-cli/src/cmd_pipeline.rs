@@ -205,6 +205,11 @@ pub struct DemoArgs {
     /// "python3 /path/to/gramrr/tools/trl_sft.py --data {data} --model {model} --out {out}".
     #[arg(long, value_name = "COMMAND")]
     pub train_command: Option<String>,
+    /// After the demo, its last act: GRPO on the backbone three times (rewarded by GRAM-R², the
+    /// vanilla RM and the gold verifier), with gold accuracy before and after, gold against
+    /// proxy reward over the steps and best-of-n curves. Writes OUT/rl/report.md. Opt-in.
+    #[arg(long)]
+    pub rl: bool,
 }
 
 fn load(config: &Path) -> anyhow::Result<PipelineConfig> {
@@ -298,5 +303,9 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let report = run_demo(&DemoOptions { out: a.out.clone(), seed: a.seed, size, resume: a.resume, train_command: a.train_command })
         .with_context(|| format!("demo in {}", a.out.display()))?;
     println!("{}", report.to_markdown());
+    if a.rl {
+        let act = gramrr_pipeline::demo::rl_act::run_rl_act(&a.out, size, a.seed).with_context(|| format!("demo RL act in {}", a.out.display()))?;
+        println!("{}", act.to_markdown());
+    }
     Ok(())
 }

@@ -30,6 +30,190 @@ pub enum TrainCommand {
     /// adapter_config.json, adapter_model.safetensors in PEFT layout), metrics.jsonl, loss.png,
     /// train_report.json, and checkpoints/ for --resume.
     Sft(SftArgs),
+    /// Improve a policy with GRPO, rewarded by a generative reward model and/or a command.
+    ///
+    /// Each step takes --prompts-per-step prompts, samples --group-size responses to each from
+    /// the policy, scores them, and makes --num-iterations optimizer updates on them with the
+    /// GRPO objective: per response token, −min(ρ·A, clip(ρ, 1−ε, 1+ε_high)·A) + β·KL, where
+    /// ρ = π_θ/π_old, A = (r − mean)/(std + 1e-4) within the prompt's group, and KL is the k3
+    /// estimator exp(d) − d − 1 with d = log π_ref − log π_θ (DeepSeekMath, TRL). The reference
+    /// π_ref is the starting model.
+    ///
+    /// Rewards. --rm-model DIR (a GRAM-R² judge, run in-process) or --rm-url http://HOST:PORT
+    /// (a `gramrr serve`): a response to a prompt with a "reference" answer scores
+    /// P(response better than reference); otherwise the group plays a round robin and each
+    /// response scores its Bradley–Terry strength (--group-score win-rate: its win rate).
+    /// --reward-command "CMD": CMD reads JSONL {"prompt", "response", "reference"?} on stdin and
+    /// writes one {"score": number} line per input line. Give both to train on
+    /// --rm-weight × RM + --command-weight × command.
+    ///
+    /// Prompts: JSONL, {"prompt": str} (raw text; --chat wraps it in a user message for the
+    /// chat template) or {"messages": [...]}, with optional "reference" and "id".
+    ///
+    /// Writes to --out: the model (full: model.safetensors + config/tokenizer; LoRA: the PEFT
+    /// adapter), metrics.jsonl (per step: reward, KL, response length, clip fraction, RM calls
+    /// and seconds), samples.jsonl (every response with its reward and advantage), curves.png,
+    /// summary.md, grpo_report.json, and checkpoints/ for --resume (bit-identical weights).
+    ///
+    /// Example: gramrr train grpo --model policy/ --prompts prompts.jsonl --rm-model rm/
+    ///   --rm-template compact --lora-rank 16 --lr 1e-5 --steps 200 --out runs/grpo
+    Grpo(Box<GrpoArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct GrpoArgs {
+    /// The policy: a directory in Hugging Face layout, or `org/name` in the local HF cache.
+    #[arg(long)]
+    model: String,
+    /// Prompts, JSONL (see above).
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Output directory (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Wrap "prompt" strings in a user message rendered with the policy's chat template.
+    #[arg(long)]
+    chat: bool,
+
+    /// Reward model directory (a generative judge), run in-process.
+    #[arg(long, conflicts_with = "rm_url")]
+    rm_model: Option<String>,
+    /// A `gramrr serve` URL (http://host:port): /v1/judge against references, /v1/rank otherwise.
+    #[arg(long)]
+    rm_url: Option<String>,
+    /// API key of the --rm-url server.
+    #[arg(long)]
+    rm_api_key: Option<String>,
+    /// Judge format of --rm-model: a preset (gram-rr, compact, mt-bench, rm-r1, rrm) or a file.
+    #[arg(long, default_value = "gram-rr")]
+    rm_template: String,
+    /// --rm-model's judging: reason (rationale, then label), prob (label-token softmax) or
+    /// prob-after-reason.
+    #[arg(long, default_value = "reason")]
+    rm_mode: gramrr_judge::JudgeMode,
+    /// Judge each pair in one order only instead of both.
+    #[arg(long)]
+    rm_one_order: bool,
+    /// Longest judge rationale, in tokens.
+    #[arg(long, default_value_t = 1024)]
+    rm_max_new_tokens: usize,
+    /// Sequences per forward pass of --rm-model.
+    #[arg(long, default_value_t = 8)]
+    rm_batch_size: usize,
+    /// Within-group reward: bt (Bradley–Terry log-strength) or win-rate.
+    #[arg(long, default_value = "bt")]
+    group_score: gramrr_rl::GroupScore,
+    /// Round-robin opponents per response (default: all others in the group).
+    #[arg(long)]
+    opponents: Option<usize>,
+    /// Judge within the group even where a prompt has a reference answer.
+    #[arg(long)]
+    no_reference: bool,
+    /// A command that scores responses (JSONL in, {"score"} lines out).
+    #[arg(long)]
+    reward_command: Option<String>,
+    /// Weight of the reward model's reward in a mixture.
+    #[arg(long, default_value_t = 1.0)]
+    rm_weight: f64,
+    /// Weight of the command's reward in a mixture.
+    #[arg(long, default_value_t = 1.0)]
+    command_weight: f64,
+
+    /// GRPO steps (sample, score, update).
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Prompts per step.
+    #[arg(long, default_value_t = 4)]
+    prompts_per_step: usize,
+    /// Responses sampled per prompt (G ≥ 2).
+    #[arg(long, default_value_t = 8)]
+    group_size: usize,
+    /// Optimizer updates per batch of responses (μ); above 1 the ratio leaves 1 and clips.
+    #[arg(long, default_value_t = 1)]
+    num_iterations: usize,
+    /// Clip range ε of the ratio (lower side).
+    #[arg(long, default_value_t = 0.2)]
+    epsilon: f64,
+    /// Upper clip ε_high [default: --epsilon] (DAPO's clip-higher uses 0.28).
+    #[arg(long)]
+    epsilon_high: Option<f64>,
+    /// KL penalty weight β (0 turns the penalty off; the KL is still logged).
+    #[arg(long, default_value_t = 0.04)]
+    beta: f64,
+    /// sequence: mean over each response's tokens, then over responses (GRPO); token: over
+    /// all tokens of the step (DAPO).
+    #[arg(long, default_value = "sequence")]
+    loss_norm: gramrr_rl::LossNorm,
+    /// Only centre rewards within a group, do not divide by their std (Dr. GRPO).
+    #[arg(long)]
+    no_scale_rewards: bool,
+    /// Longest response, in tokens.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Sampling temperature of the policy (> 0).
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Stop strings (repeatable); responses end before them.
+    #[arg(long)]
+    stop: Vec<String>,
+
+    /// LoRA rank; 0 means full fine-tuning.
+    #[arg(long, default_value_t = 0)]
+    lora_rank: usize,
+    /// LoRA alpha (the update is scaled by alpha / rank).
+    #[arg(long, default_value_t = 32.0)]
+    lora_alpha: f64,
+    /// Dropout on the LoRA input.
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f32,
+    /// Projections that get adapters, comma-separated from q,k,v,o,gate,up,down (or "all").
+    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
+    lora_targets: String,
+    /// Peak learning rate (TRL's GRPO default; LoRA usually wants 1e-5 to 1e-4).
+    #[arg(long, default_value_t = 1e-6)]
+    lr: f64,
+    /// Schedule over the optimizer updates: constant, linear or cosine.
+    #[arg(long, default_value = "constant")]
+    scheduler: Scheduler,
+    /// Fraction of the updates spent warming up.
+    #[arg(long, default_value_t = 0.0)]
+    warmup_ratio: f64,
+    /// Decoupled weight decay on matrices.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Clip the global gradient norm to this value; 0 turns clipping off.
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Sequences per forward/backward pass (gradients accumulate over a step).
+    #[arg(long, default_value_t = 8)]
+    micro_batch: usize,
+    /// Seed of prompt order, sampling and LoRA initialisation.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Write a resumable checkpoint every N steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    save_every: usize,
+    /// Continue from the latest checkpoint in --out (same flags, prompts and reward required).
+    #[arg(long)]
+    resume: bool,
+    /// Sequences per generation batch of the policy.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Concurrent generation batches on the CPU (small models: the core count).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Do not draw curves.png.
+    #[arg(long)]
+    no_plot: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
 }
 
 #[derive(Args, Debug)]
@@ -170,6 +354,7 @@ pub struct MergeLoraArgs {
 pub fn run(c: TrainCommand) -> Result<()> {
     match c {
         TrainCommand::Sft(a) => sft(a),
+        TrainCommand::Grpo(a) => grpo(*a),
     }
 }
 
@@ -334,5 +519,141 @@ pub fn merge_lora(a: MergeLoraArgs) -> Result<()> {
         base.display(),
         a.out.display()
     );
+    Ok(())
+}
+
+/// Progress bar of a GRPO run: reward, KL, length and clip fraction of the last step.
+struct GrpoBar {
+    pb: indicatif::ProgressBar,
+}
+
+impl gramrr_rl::GrpoObserver for GrpoBar {
+    fn on_start(&mut self, total: usize, start: usize, params: usize) {
+        self.pb.set_length(total as u64);
+        self.pb.set_position(start as u64);
+        self.pb.reset_eta();
+        self.pb.println(format!("GRPO: {total} steps from step {start}, {params} trainable parameters"));
+    }
+    fn on_step(&mut self, m: &gramrr_rl::GrpoStepMetrics) {
+        self.pb.set_position(m.step as u64);
+        self.pb.set_message(format!(
+            "reward {:.3} kl {:.4} len {:.0} clip {:.3} rm {:.1}s",
+            m.reward_mean, m.kl, m.response_tokens, m.clip_fraction, m.rm_seconds
+        ));
+    }
+    fn on_event(&mut self, message: &str) {
+        self.pb.println(message);
+    }
+}
+
+fn grpo(a: GrpoArgs) -> Result<()> {
+    use gramrr_rl::reward::RewardModel;
+    let dir = gramrr_model::hub::resolve_model_dir(&a.model).with_context(|| format!("finding model {}", a.model))?;
+    let opts = gramrr_model::LoadOptions { device: a.device, batch_size: a.batch_size, workers: a.workers, ..Default::default() };
+    let prompts = gramrr_rl::read_prompts(&a.prompts, a.chat)?;
+    let with_ref = prompts.iter().filter(|p| p.reference.is_some()).count();
+
+    let mut parts: Vec<(f64, Box<dyn RewardModel>)> = vec![];
+    if let Some(m) = &a.rm_model {
+        let rm_opts = gramrr_model::LoadOptions { device: a.device, batch_size: a.rm_batch_size, ..Default::default() };
+        let engine = gramrr_model::Engine::load(m, &rm_opts).with_context(|| format!("loading reward model {m}"))?;
+        let template = gramrr_data::prompt::JudgeTemplate::resolve(&a.rm_template).with_context(|| format!("--rm-template {:?}", a.rm_template))?;
+        let config = gramrr_judge::JudgeConfig {
+            mode: a.rm_mode,
+            both_orders: !a.rm_one_order,
+            votes: 1,
+            early_stop: true,
+            sampling: gramrr_model::backend::SamplingParams { max_new_tokens: a.rm_max_new_tokens, ..Default::default() },
+        };
+        config.validate()?;
+        let judge = gramrr_judge::PairwiseJudge::new(std::sync::Arc::new(engine), template, config);
+        let mut r = gramrr_rl::JudgeReward::new(judge);
+        r.opponents = a.opponents;
+        r.score = a.group_score;
+        r.use_reference = !a.no_reference;
+        parts.push((a.rm_weight, Box::new(r)));
+    }
+    if let Some(url) = &a.rm_url {
+        let mut r = gramrr_rl::http::ServerReward::new(url.clone());
+        r.api_key = a.rm_api_key.clone();
+        r.opponents = a.opponents;
+        r.score = a.group_score;
+        r.use_reference = !a.no_reference;
+        parts.push((a.rm_weight, Box::new(r)));
+    }
+    if let Some(c) = &a.reward_command {
+        parts.push((a.command_weight, Box::new(gramrr_rl::CommandReward::new(c.clone()))));
+    }
+    let reward: Box<dyn RewardModel> = match parts.len() {
+        0 => bail!("no reward: give --rm-model, --rm-url or --reward-command (or a reward model and a command)"),
+        1 if parts[0].0 == 1.0 => parts.pop().expect("one part").1,
+        _ => Box::new(gramrr_rl::MixedReward { parts }),
+    };
+    let lora = if a.lora_rank > 0 {
+        let targets = LoraTarget::parse_list(&a.lora_targets).map_err(anyhow::Error::msg).context("--lora-targets")?;
+        Some(LoraConfig { rank: a.lora_rank, alpha: a.lora_alpha, dropout: a.lora_dropout, targets })
+    } else {
+        None
+    };
+    let cfg = gramrr_rl::GrpoConfig {
+        lora,
+        steps: a.steps,
+        prompts_per_step: a.prompts_per_step,
+        group_size: a.group_size,
+        num_iterations: a.num_iterations,
+        loss: gramrr_train::PolicyLossConfig { epsilon_low: a.epsilon, epsilon_high: a.epsilon_high.unwrap_or(a.epsilon), beta: a.beta },
+        loss_norm: a.loss_norm,
+        scale_rewards: !a.no_scale_rewards,
+        lr: a.lr,
+        scheduler: a.scheduler,
+        warmup_ratio: a.warmup_ratio,
+        adam: AdamWConfig { weight_decay: a.weight_decay, ..AdamWConfig::default() },
+        max_grad_norm: a.max_grad_norm,
+        micro_batch: a.micro_batch,
+        sampling: gramrr_model::backend::SamplingParams {
+            max_new_tokens: a.max_new_tokens,
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+            stop: a.stop.clone(),
+            ..Default::default()
+        },
+        seed: a.seed,
+        save_every: a.save_every,
+        resume: a.resume,
+    };
+    let policy = gramrr_model::Engine::load(&a.model, &opts).with_context(|| format!("loading policy {}", a.model))?;
+    eprintln!(
+        "{}: {} prompts ({with_ref} with a reference answer); reward: {}",
+        a.prompts.display(),
+        prompts.len(),
+        reward.name()
+    );
+    let out = gramrr_rl::GrpoOutput { dir: a.out.clone(), base_model_dir: Some(dir), plot: !a.no_plot };
+    let pb = indicatif::ProgressBar::new(1);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg} eta {eta} ({elapsed})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let mut bar = GrpoBar { pb };
+    let (_, report) = gramrr_rl::train_grpo(policy, &prompts, reward.as_ref(), &cfg, Some(&out), &mut bar)?;
+    bar.pb.finish_and_clear();
+    let h = &report.history;
+    let k = (h.len() / 10).max(1).min(h.len());
+    let mean = |s: &[gramrr_rl::GrpoStepMetrics]| s.iter().map(|m| m.reward_mean).sum::<f64>() / s.len().max(1) as f64;
+    eprintln!(
+        "done: {} steps in {:.1} s, mean reward {:.4} (first {k} steps) → {:.4} (last {k}); wrote {}",
+        report.steps,
+        report.seconds,
+        mean(&h[..k]),
+        mean(&h[h.len() - k..]),
+        a.out.display()
+    );
+    let mut summary = serde_json::to_value(&report)?;
+    if let Some(o) = summary.as_object_mut() {
+        o.remove("history");
+    }
+    println!("{summary}");
     Ok(())
 }

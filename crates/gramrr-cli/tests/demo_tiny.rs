@@ -65,3 +65,26 @@ fn demo_report_has_the_schema_and_the_same_seed_gives_the_same_results() {
     assert!(!err.contains(": training"), "a finished stage was trained again:\n{err}");
     assert_eq!(report(&a)["accuracy"], ra["accuracy"]);
 }
+
+#[test]
+fn demo_rl_act_reports_every_reward_and_best_of_n() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rl");
+    demo(&out, "1", &["--rl"]);
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("rl/report.json")).unwrap()).unwrap();
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "GRAM-R², vanilla RM and the oracle");
+    for run in runs {
+        assert!(is_num(&run["gold_before"]) && is_num(&run["gold_after"]), "{run}");
+        assert_eq!(run["proxy_reward"].as_array().unwrap().len(), run["sample_gold"].as_array().unwrap().len());
+    }
+    assert_eq!(runs[0]["gold_before"], runs[2]["gold_before"], "every run starts from the same policy");
+    let bon = r["best_of_n"].as_array().unwrap();
+    assert_eq!(bon.len(), 3);
+    assert!(bon.iter().all(|b| b["accuracy"].as_array().unwrap().len() == 5));
+    assert_eq!(r["targets"].as_array().unwrap().len(), 3);
+    for slug in ["gram-rr", "vanilla", "oracle"] {
+        assert!(out.join("rl").join(slug).join("metrics.jsonl").exists(), "{slug}");
+    }
+    assert!(std::fs::read_to_string(out.join("rl/report.md")).unwrap().contains("Best-of-n"));
+}

@@ -246,7 +246,7 @@ pub fn label_ce_sum(z: &Tensor, labels: &[usize], smoothing: f64) -> Result<Tens
 
 /// The output projection, frozen (no weight gradient) when the decoder's weights are not being
 /// trained.
-fn head_logits(decoder: &Decoder, hidden: &Tensor, frozen: bool, ctx: &mut ForwardCtx) -> Result<Tensor> {
+pub(crate) fn head_logits(decoder: &Decoder, hidden: &Tensor, frozen: bool, ctx: &mut ForwardCtx) -> Result<Tensor> {
     let w = decoder.lm_head.as_ref().unwrap_or(&decoder.embed_tokens);
     if frozen {
         let lin = Linear { weight: w.clone(), bias: None, lora: None, frozen: true, quant: None };

@@ -19,7 +19,7 @@ const FONT_CANDIDATES: [&str; 6] = [
 ];
 
 /// Registers a system font as "sans-serif" once; false when none is found.
-fn ensure_font() -> bool {
+pub fn ensure_font() -> bool {
     static FONT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FONT.get_or_init(|| {
         for p in FONT_CANDIDATES {

@@ -344,8 +344,15 @@ pub fn resolve_label_ids(tok: &TextTokenizer, cfg: &LabelLossConfig) -> Result<V
 /// embedding is one parameter, so the gradients of both its uses add up). LoRA: only the
 /// adapters; every projection is frozen so no weight gradient is computed or kept.
 fn prepare_parameters(decoder: &mut Decoder, cfg: &SftConfig) -> Result<Vec<(String, Var)>> {
+    trainable_parameters(decoder, cfg.lora.as_ref(), cfg.seed)
+}
+
+/// What [`train_sft`] does to a decoder before its first step, for other training loops (RL):
+/// the trainable parameters become `Var`s (every parameter, or fresh LoRA adapters seeded by
+/// `seed` with every projection frozen), returned with their names in optimizer order.
+pub fn trainable_parameters(decoder: &mut Decoder, lora_cfg: Option<&LoraConfig>, seed: u64) -> Result<Vec<(String, Var)>> {
     let mut vars: Vec<(String, Var)> = Vec::new();
-    match &cfg.lora {
+    match lora_cfg {
         None => {
             decoder.map_parameters(&mut |name, t| {
                 let v = Var::from_tensor(&t.detach())?;
@@ -361,7 +368,7 @@ fn prepare_parameters(decoder: &mut Decoder, cfg: &SftConfig) -> Result<Vec<(Str
         Some(lc) => {
             decoder.map_parameters(&mut |_, t| Ok(t.detach()))?;
             if !lora::has_lora(decoder) {
-                lora::attach_lora(decoder, lc, cfg.seed)?;
+                lora::attach_lora(decoder, lc, seed)?;
             }
             for l in decoder.layers.iter_mut() {
                 for (_, lin) in l.linears_mut() {
@@ -383,15 +390,22 @@ fn prepare_parameters(decoder: &mut Decoder, cfg: &SftConfig) -> Result<Vec<(Str
 
 /// Turns training tensors back into plain ones for inference.
 fn finish_decoder(decoder: &mut Decoder, cfg: &SftConfig) -> Result<()> {
+    detach_for_inference(decoder)?;
+    if cfg.lora.is_some() && cfg.merge_lora_on_return {
+        lora::merge_lora(decoder)?;
+    }
+    Ok(())
+}
+
+/// Makes every parameter and adapter a plain (non-`Var`) tensor sharing the same storage and
+/// unfreezes the projections: a decoder that generates without building a graph.
+pub fn detach_for_inference(decoder: &mut Decoder) -> Result<()> {
     decoder.map_parameters(&mut |_, t| Ok(t.detach()))?;
     lora::map_lora(decoder, &mut |_, t| Ok(t.detach()))?;
     for l in decoder.layers.iter_mut() {
         for (_, lin) in l.linears_mut() {
             lin.frozen = false;
         }
-    }
-    if cfg.lora.is_some() && cfg.merge_lora_on_return {
-        lora::merge_lora(decoder)?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 
 pub mod domain;
 pub mod report;
+pub mod rl_act;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

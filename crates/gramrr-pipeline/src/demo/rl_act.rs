@@ -1,0 +1,321 @@
+//! The demo's last act (opt-in: `gramrr demo --rl`): put the reward models to work on a policy.
+//!
+//! The policy is the pretrained backbone, asked `Q: 63-15? ` as in its pretraining text; it
+//! answers with its worked steps (`<think>36-51=84 so 48.</think>`), and the world's gold
+//! verifier checks the stated computation ([`computation_correct`]). It is trained with GRPO
+//! three times, on the same prompts and compute, rewarded by the final GRAM-R² model, by the
+//! vanilla generative RM (both judging the answer a response states against the starting
+//! policy's greedy answer, GRAM v1's reference: reward P(better)) and by the gold verifier
+//! itself (the oracle). The
+//! act reports gold accuracy before and after, gold accuracy against proxy reward over the
+//! steps, and best-of-n accuracy (n = 1…16) of each selector on the starting policy's samples.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use gramrr_data::prompt::JudgeTemplate;
+use gramrr_judge::{JudgeConfig, JudgeMode, ListRanker, PairwiseJudge, RankInput, StrategyKind};
+use gramrr_model::backend::{Prompt, SamplingParams};
+use gramrr_model::{Engine, LoadOptions};
+use gramrr_rl::reward::{RewardBatch, RewardGroup, RewardModel};
+use gramrr_rl::{FnReward, GrpoConfig, GrpoOutput, JudgeReward, PromptRecord, Quiet};
+use serde::{Deserialize, Serialize};
+
+use super::domain::{computation_correct, Domain};
+use super::{DemoConfig, DemoSize};
+use crate::error::{PipelineError, Result};
+use crate::progress::note;
+
+/// The settings of the act at each demo size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RlActConfig {
+    pub steps: usize,
+    pub prompts_per_step: usize,
+    pub group_size: usize,
+    pub lr: f64,
+    pub max_new_tokens: usize,
+    /// Held-out questions for gold accuracy (greedy) and for best-of-n.
+    pub eval_questions: usize,
+    pub best_of_n_questions: usize,
+}
+
+impl RlActConfig {
+    pub fn new(size: DemoSize) -> Self {
+        match size {
+            DemoSize::Full => RlActConfig { steps: 60, prompts_per_step: 8, group_size: 8, lr: 3e-4, max_new_tokens: 40, eval_questions: 300, best_of_n_questions: 100 },
+            DemoSize::Quick => RlActConfig { steps: 20, prompts_per_step: 8, group_size: 4, lr: 3e-4, max_new_tokens: 40, eval_questions: 200, best_of_n_questions: 40 },
+            DemoSize::Tiny => RlActConfig { steps: 2, prompts_per_step: 2, group_size: 2, lr: 3e-4, max_new_tokens: 8, eval_questions: 8, best_of_n_questions: 4 },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RewardRun {
+    pub reward: String,
+    /// Greedy gold accuracy (%) on held-out questions.
+    pub gold_before: f64,
+    pub gold_after: f64,
+    /// Per step: the proxy reward's mean and the gold accuracy (%) of the step's samples.
+    pub proxy_reward: Vec<f64>,
+    pub sample_gold: Vec<f64>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BestOfN {
+    pub selector: String,
+    /// (n, gold accuracy % of the selected response).
+    pub accuracy: Vec<(usize, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RlActReport {
+    pub size: String,
+    pub seed: u64,
+    pub config: RlActConfig,
+    pub runs: Vec<RewardRun>,
+    pub best_of_n: Vec<BestOfN>,
+    /// (target, met, measured).
+    pub targets: Vec<(String, bool, String)>,
+    pub seconds: f64,
+}
+
+fn err(out: &Path, e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Config { path: out.to_path_buf(), message: format!("RL act: {e}") }
+}
+
+/// What a response states as its result (`so 48.`), as the answers the reward models were
+/// trained to compare are written (`It is 48.`); the text itself when it states none.
+pub fn stated_answer(text: &str) -> String {
+    if let Some(i) = text.find(" so ") {
+        let n: String = text[i + 4..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        if !n.is_empty() {
+            return format!("It is {n}.");
+        }
+    }
+    text.chars().take(40).collect()
+}
+
+/// A judge of the stated answers.
+struct AnswerJudge(JudgeReward, String);
+
+impl RewardModel for AnswerJudge {
+    fn name(&self) -> String {
+        self.1.clone()
+    }
+    fn rewards(&self, groups: &[RewardGroup]) -> gramrr_rl::Result<RewardBatch> {
+        let mapped: Vec<RewardGroup> = groups
+            .iter()
+            .map(|g| RewardGroup {
+                prompt: g.prompt.clone(),
+                reference: g.reference.as_deref().map(stated_answer),
+                responses: g.responses.iter().map(|r| stated_answer(r)).collect(),
+            })
+            .collect();
+        self.0.rewards(&mapped)
+    }
+}
+
+fn judge(dir: &Path, opts: &LoadOptions) -> Result<PairwiseJudge> {
+    let engine = Engine::load(&dir.display().to_string(), opts)?;
+    let cfg = JudgeConfig {
+        mode: JudgeMode::Reason,
+        both_orders: false,
+        votes: 1,
+        early_stop: true,
+        sampling: SamplingParams { max_new_tokens: 72, ..SamplingParams::default() },
+    };
+    Ok(PairwiseJudge::new(Arc::new(engine), JudgeTemplate::compact(), cfg))
+}
+
+fn prompt(q: &str) -> Prompt {
+    Prompt::Raw(format!("Q: {q} "))
+}
+
+/// Greedy gold accuracy (%) of `engine` on `questions`, and its answers.
+fn gold_accuracy(engine: &Engine, questions: &[String], max_new_tokens: usize) -> Result<(f64, Vec<String>)> {
+    let ids = questions.iter().map(|q| engine.encode_prompt(&prompt(q))).collect::<std::result::Result<Vec<_>, _>>()?;
+    let offs: Vec<u64> = (0..ids.len() as u64).collect();
+    let outs = engine.generate_ids(&ids, &offs, &SamplingParams { max_new_tokens, ..SamplingParams::default() })?;
+    let right = questions.iter().zip(&outs).filter(|(q, o)| computation_correct(q, &o.text)).count();
+    Ok((100.0 * right as f64 / questions.len().max(1) as f64, outs.into_iter().map(|o| o.text).collect()))
+}
+
+fn dedup_questions<'a>(pairs: impl Iterator<Item = &'a gramrr_data::PreferencePair>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    pairs.map(|p| p.prompt.as_text()).filter(|q| seen.insert(q.clone())).collect()
+}
+
+/// Runs the act on a finished demo in `out` and writes `out/rl/report.md` and `report.json`.
+pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64) -> Result<RlActReport> {
+    let t0 = Instant::now();
+    let cfg = DemoConfig::new(size);
+    let act = RlActConfig::new(size);
+    let run = out.join("run");
+    let stage = |s: &str| -> PathBuf { run.join(s).join("model") };
+    for s in ["backbone", "baseline", "final"] {
+        if !stage(s).join("config.json").exists() {
+            return Err(err(out, format!("{} is missing: run the demo first (same --out, --seed and size)", stage(s).display())));
+        }
+    }
+    let domain = Domain::generate(seed, &cfg.sizes);
+    // One pass over as many training questions as the run asks for.
+    let train_q: Vec<String> =
+        dedup_questions(domain.labeled.iter().chain(&domain.unlabeled)).into_iter().take(act.steps * act.prompts_per_step).collect();
+    let test_q: Vec<String> = dedup_questions(domain.test.iter()).into_iter().take(act.eval_questions).collect();
+    let bon_q: Vec<String> = test_q.iter().take(act.best_of_n_questions).cloned().collect();
+    let opts = LoadOptions {
+        batch_size: cfg.engine.batch_size,
+        max_batch_tokens: cfg.engine.max_batch_tokens,
+        workers: cfg.engine.workers,
+        ..LoadOptions::default()
+    };
+    let rl_dir = out.join("rl");
+    std::fs::create_dir_all(&rl_dir).map_err(|e| PipelineError::io(&rl_dir, e))?;
+    let backbone = stage("backbone");
+    let start = Engine::load(&backbone.display().to_string(), &opts)?;
+    let gold_before = gold_accuracy(&start, &test_q, act.max_new_tokens)?.0;
+    // The reference each response is judged against: the starting policy's greedy answer
+    // (GRAM v1's suggestion), so the proxy reward is absolute and its drift over the steps shows.
+    let references = gold_accuracy(&start, &train_q, act.max_new_tokens)?.1;
+    drop(start);
+    let prompts: Vec<PromptRecord> = train_q
+        .iter()
+        .zip(references)
+        .map(|(q, r)| PromptRecord { id: q.clone(), prompt: prompt(q), reference: Some(r) })
+        .collect();
+    note(format!("RL act: the policy (backbone) gets {gold_before:.1}% of {} held-out questions right", test_q.len()));
+
+    let gram = || -> Result<Box<dyn RewardModel>> {
+        let r = JudgeReward::new(judge(&stage("final"), &opts)?);
+        Ok(Box::new(AnswerJudge(r, "GRAM-R² final".into())))
+    };
+    let vanilla = || -> Result<Box<dyn RewardModel>> {
+        let r = JudgeReward::new(judge(&stage("baseline"), &opts)?);
+        Ok(Box::new(AnswerJudge(r, "vanilla RM".into())))
+    };
+    let oracle = || -> Result<Box<dyn RewardModel>> {
+        Ok(Box::new(FnReward::new("gold verifier (oracle)", |q: &str, r: &str, _: Option<&str>| computation_correct(q, r) as u8 as f64)))
+    };
+    let grpo = GrpoConfig {
+        steps: act.steps,
+        prompts_per_step: act.prompts_per_step,
+        group_size: act.group_size,
+        lr: act.lr,
+        micro_batch: 64,
+        sampling: SamplingParams { max_new_tokens: act.max_new_tokens, temperature: 1.0, ..SamplingParams::default() },
+        seed,
+        ..GrpoConfig::default()
+    };
+    let mut runs = vec![];
+    let builders: [(&str, &dyn Fn() -> Result<Box<dyn RewardModel>>); 3] = [("gram-rr", &gram), ("vanilla", &vanilla), ("oracle", &oracle)];
+    for (slug, build) in builders {
+        let t = Instant::now();
+        let reward = build()?;
+        let policy = Engine::load(&backbone.display().to_string(), &opts)?;
+        let o = GrpoOutput { dir: rl_dir.join(slug), base_model_dir: Some(backbone.clone()), plot: true };
+        note(format!("RL act: GRPO with {} ({} steps)", reward.name(), act.steps));
+        let (trained, report) = gramrr_rl::train_grpo(policy, &prompts, reward.as_ref(), &grpo, Some(&o), &mut Quiet).map_err(|e| err(out, e))?;
+        let gold_after = gold_accuracy(&trained, &test_q, act.max_new_tokens)?.0;
+        // Gold accuracy of each step's samples, from samples.jsonl.
+        let samples = std::fs::read_to_string(o.dir.join("samples.jsonl")).map_err(|e| PipelineError::io(o.dir.join("samples.jsonl"), e))?;
+        let mut per_step = vec![(0usize, 0usize); act.steps];
+        for l in samples.lines() {
+            let s: gramrr_rl::grpo::Sample = serde_json::from_str(l).map_err(|e| err(out, e))?;
+            let c = &mut per_step[s.step - 1];
+            c.0 += computation_correct(&s.prompt_id, &s.response) as usize;
+            c.1 += 1;
+        }
+        runs.push(RewardRun {
+            reward: report.reward.clone(),
+            gold_before,
+            gold_after,
+            proxy_reward: report.history.iter().map(|m| m.reward_mean).collect(),
+            sample_gold: per_step.iter().map(|&(r, n)| 100.0 * r as f64 / n.max(1) as f64).collect(),
+            seconds: t.elapsed().as_secs_f64(),
+        });
+        note(format!("RL act: {} → gold {gold_before:.1}% → {gold_after:.1}%", report.reward));
+    }
+
+    // Best-of-n on the starting policy's samples.
+    let policy = Engine::load(&backbone.display().to_string(), &opts)?;
+    let ids = bon_q.iter().map(|q| policy.encode_prompt(&prompt(q))).collect::<std::result::Result<Vec<_>, _>>()?;
+    let (reqs, offs): (Vec<Vec<u32>>, Vec<u64>) = ids.iter().enumerate().flat_map(|(i, p)| (0..16).map(move |k| (p.clone(), (i * 16 + k) as u64 + 1_000_000))).unzip();
+    let samples = policy.generate_ids(&reqs, &offs, &SamplingParams { max_new_tokens: act.max_new_tokens, temperature: 1.0, seed, ..SamplingParams::default() })?;
+    let texts: Vec<&str> = samples.iter().map(|o| o.text.as_str()).collect();
+    let ns = [1usize, 2, 4, 8, 16];
+    let mut best_of_n = vec![];
+    for (name, dir) in [("GRAM-R² final", stage("final")), ("vanilla RM", stage("baseline"))] {
+        let ranker = ListRanker::new(judge(&dir, &opts)?, StrategyKind::Knockout);
+        let mut acc = vec![];
+        for &n in &ns {
+            let lists: Vec<RankInput> = bon_q
+                .iter()
+                .enumerate()
+                .map(|(i, q)| RankInput { id: q.clone(), user_input: q.clone(), responses: texts[i * 16..i * 16 + n].iter().map(|t| stated_answer(t)).collect() })
+                .collect();
+            let ranked = ranker.rank_batch(&lists).map_err(|e| err(out, e))?;
+            let right = ranked.iter().enumerate().filter(|(i, r)| computation_correct(&bon_q[*i], texts[i * 16 + r.ranking.best])).count();
+            acc.push((n, 100.0 * right as f64 / bon_q.len().max(1) as f64));
+        }
+        best_of_n.push(BestOfN { selector: name.into(), accuracy: acc });
+    }
+    let oracle_acc = ns
+        .iter()
+        .map(|&n| (n, 100.0 * (0..bon_q.len()).filter(|&i| texts[i * 16..i * 16 + n].iter().any(|t| computation_correct(&bon_q[i], t))).count() as f64 / bon_q.len().max(1) as f64))
+        .collect();
+    best_of_n.push(BestOfN { selector: "gold verifier (oracle)".into(), accuracy: oracle_acc });
+
+    let (g, v) = (&runs[0], &runs[1]);
+    let bo16 = |k: usize| best_of_n[k].accuracy.last().map_or(f64::NAN, |x| x.1);
+    let targets = vec![
+        ("policy trained on GRAM-R² gains ≥ 10 points of gold accuracy".to_string(), g.gold_after - g.gold_before >= 10.0, format!("{:+.1}", g.gold_after - g.gold_before)),
+        ("it ends ≥ 5 points above the policy trained on the vanilla RM".to_string(), g.gold_after - v.gold_after >= 5.0, format!("{:+.1}", g.gold_after - v.gold_after)),
+        ("GRAM-R²'s best-of-16 beats the vanilla RM's".to_string(), bo16(0) > bo16(1), format!("{:.1} vs {:.1}", bo16(0), bo16(1))),
+    ];
+    let report = RlActReport { size: size.as_str().into(), seed, config: act, runs, best_of_n, targets, seconds: t0.elapsed().as_secs_f64() };
+    gramrr_model::fsutil::write_json_atomic(&rl_dir.join("report.json"), &serde_json::to_value(&report).expect("serializes"))?;
+    gramrr_model::fsutil::write_atomic(&rl_dir.join("report.md"), report.to_markdown().as_bytes())?;
+    Ok(report)
+}
+
+impl RlActReport {
+    pub fn to_markdown(&self) -> String {
+        let mut s = format!(
+            "# Demo, last act: GRPO with each reward ({} size, seed {})\n\nThe pretrained backbone answers `Q: a±b? ` with its worked steps; the gold verifier checks them. GRPO: {} steps × {} prompts × {} samples, lr {}, β 0.04, full fine-tuning; each RM judges the answer a response states against the starting policy's greedy answer to the same question (reward P(better), one order, reasoning mode).\n\n| reward | gold before | gold after | change | seconds |\n|---|---|---|---|---|\n",
+            self.size, self.seed, self.config.steps, self.config.prompts_per_step, self.config.group_size, self.config.lr
+        );
+        for r in &self.runs {
+            s.push_str(&format!("| {} | {:.1}% | {:.1}% | {:+.1} | {:.0} |\n", r.reward, r.gold_before, r.gold_after, r.gold_after - r.gold_before, r.seconds));
+        }
+        s.push_str("\nGold accuracy of the sampled responses against the proxy reward (mean over each quarter of the run):\n\n| reward | quarter | proxy reward | gold of samples |\n|---|---|---|---|\n");
+        for r in &self.runs {
+            let n = r.proxy_reward.len();
+            let q = n.div_ceil(4).max(1);
+            for (k, (p, g)) in r.proxy_reward.chunks(q).zip(r.sample_gold.chunks(q)).enumerate() {
+                s.push_str(&format!("| {} | {} | {:.3} | {:.1}% |\n", r.reward, k + 1, p.iter().sum::<f64>() / p.len() as f64, g.iter().sum::<f64>() / g.len() as f64));
+            }
+        }
+        s.push_str("\nBest-of-n on the starting policy's samples (gold accuracy of the selected response; the RMs pick by knockout):\n\n| selector |");
+        for (n, _) in &self.best_of_n[0].accuracy {
+            s.push_str(&format!(" n={n} |"));
+        }
+        s.push_str("\n|---|");
+        s.push_str(&"---|".repeat(self.best_of_n[0].accuracy.len()));
+        s.push('\n');
+        for b in &self.best_of_n {
+            s.push_str(&format!("| {} |", b.selector));
+            for (_, a) in &b.accuracy {
+                s.push_str(&format!(" {a:.1}% |"));
+            }
+            s.push('\n');
+        }
+        s.push_str("\n## Targets\n\n");
+        for (t, met, m) in &self.targets {
+            s.push_str(&format!("- {} {t}: {m}\n", if *met { "met:" } else { "**not met**:" }));
+        }
+        s.push_str(&format!("\nTime: {:.0} s.\n", self.seconds));
+        s
+    }
+}
