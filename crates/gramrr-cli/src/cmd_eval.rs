@@ -305,6 +305,7 @@ fn model_source(dir: &Path, template: &str, tokenizer: Option<&str>, served_mode
             served_model: served_model.map(str::to_string),
             max_in_flight: 16,
             request_timeout: 600,
+            dequantize: false,
             dtype: gramrr_model::WeightDType::F32,
             device: Default::default(),
             batch_size: 8,
