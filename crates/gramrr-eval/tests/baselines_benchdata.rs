@@ -1,7 +1,8 @@
 //! The length baseline on every real benchmark file, checked against small independent
 //! re-implementations that read the raw JSON themselves (not through gramrr-data).
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use gramrr_data::formats::{self, ReadOptions};
@@ -12,25 +13,10 @@ use gramrr_eval::{
 };
 use serde_json::Value;
 
-/// Where the checks run: the committed sample of every benchmark file always, and the full
-/// files too where `GRAMRR_BENCHDATA` names them (`.ci/run` sets it when `../shared/benchdata`
-/// exists). `full` marks the full files, where the published numbers are also pinned.
-struct Root {
-    dir: PathBuf,
-    full: bool,
-}
+use common::Root;
 
 fn roots() -> Vec<Root> {
-    static NOTE: std::sync::Once = std::sync::Once::new();
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gramrr-data/tests/fixtures/benchsample");
-    let mut roots = vec![Root { dir: sample, full: false }];
-    match std::env::var_os("GRAMRR_BENCHDATA") {
-        Some(p) => roots.push(Root { dir: PathBuf::from(p), full: true }),
-        None => NOTE.call_once(|| {
-            let _ = writeln!(std::io::stderr(), "skipped: baselines_benchdata on the full files (GRAMRR_BENCHDATA not set; the committed sample is checked)");
-        }),
-    }
-    roots
+    common::roots("baselines_benchdata")
 }
 
 fn cfg() -> EvalConfig {

@@ -1,31 +1,18 @@
 //! JudgeBench's published judge outputs, re-scored: the reward-model files must give the
 //! leaderboard numbers, and the LLM-judge files exercise ties (A=B) and missing verdicts.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use gramrr_data::formats::{self, ReadOptions};
 use gramrr_eval::{eval_judgebench, eval_judgebench_outputs, EvalConfig, Mode, ScoresFile, Source};
 use serde_json::Value;
 
-/// The committed sample always; the full files too where `GRAMRR_BENCHDATA` names them (`.ci/run`
-/// sets it when `../shared/benchdata` exists). `full` marks where the leaderboard numbers apply.
-struct Root {
-    dir: PathBuf,
-    full: bool,
-}
+use common::Root;
 
 fn roots() -> Vec<Root> {
-    static NOTE: std::sync::Once = std::sync::Once::new();
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gramrr-data/tests/fixtures/benchsample");
-    let mut roots = vec![Root { dir: sample, full: false }];
-    match std::env::var_os("GRAMRR_BENCHDATA") {
-        Some(p) => roots.push(Root { dir: PathBuf::from(p), full: true }),
-        None => NOTE.call_once(|| {
-            let _ = writeln!(std::io::stderr(), "skipped: judgebench_regression on the full files (GRAMRR_BENCHDATA not set; the committed sample is checked)");
-        }),
-    }
-    roots
+    common::roots("judgebench_regression")
 }
 
 fn full() -> Option<Root> {

@@ -412,7 +412,8 @@ pub struct SelfTrainingConfig {
     pub batch: usize,
     /// Sampled judgments per pair (v); the label is their majority.
     pub votes: usize,
-    /// Temperature of the votes.
+    /// Temperature of the votes; with more than one vote, 0 means gramrr-judge's vote temperature
+    /// (0.7): several votes always sample, as in `gramrr judge` and the server.
     pub temperature: f32,
     pub top_p: f32,
     /// Longest rationale generated, in tokens.

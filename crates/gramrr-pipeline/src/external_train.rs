@@ -35,7 +35,6 @@ use std::time::Instant;
 use gramrr_model::tokenizer::TextTokenizer;
 use gramrr_model::weights::SafetensorsCheckpoint;
 use gramrr_model::{ChatMessage, Decoder, DecoderConfig, WeightDType};
-use gramrr_train::data::fit_length;
 use gramrr_train::trainer::{total_steps, Plan};
 use gramrr_train::{DataStats, SftConfig, SftExample, TrainReport};
 use serde_json::{json, Value};
@@ -141,21 +140,7 @@ pub struct ExportSummary {
 
 /// The examples the built-in trainer would keep (same length rule) and its batch plan.
 fn kept_examples(job: &StageJob) -> (Vec<SftExample>, DataStats) {
-    let mut stats = DataStats { records: job.examples.len(), ..Default::default() };
-    let mut kept = Vec::with_capacity(job.examples.len());
-    for ex in job.examples {
-        match fit_length(ex.clone(), job.sft.max_len, job.sft.truncate) {
-            None => stats.skipped += 1,
-            Some((ex, cut)) => {
-                stats.truncated += cut as usize;
-                stats.kept += 1;
-                stats.prompt_tokens += ex.prompt_ids.len();
-                stats.completion_tokens += ex.completion_ids.len();
-                kept.push(ex);
-            }
-        }
-    }
-    (kept, stats)
+    gramrr_train::fit_examples(job.examples, job.sft.max_len, job.sft.truncate)
 }
 
 /// The built-in trainer's micro-batches (example indices) for every optimizer step.

@@ -21,7 +21,7 @@
 //! the step. Resumed runs end with bit-identical weights to uninterrupted ones.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
@@ -311,22 +311,6 @@ fn prompts_hash(prompts: &[PromptRecord]) -> String {
     hex(&h.finalize())
 }
 
-/// Keeps the lines of a JSONL file whose `"step"` is ≤ `step` (a resumed run rewrites the rest).
-fn truncate_jsonl(path: &Path, step: usize) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                .is_some_and(|s| s as usize <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    gramrr_model::fsutil::write_atomic(path, kept.as_bytes())?;
-    Ok(())
-}
 
 /// Runs GRPO on `policy` and returns it trained (LoRA adapters merged) with the run's report.
 pub fn train_grpo(
@@ -419,8 +403,8 @@ pub fn train_grpo(
                 }
             }
         }
-        truncate_jsonl(&o.dir.join("metrics.jsonl"), start)?;
-        truncate_jsonl(&o.dir.join("samples.jsonl"), start)?;
+        gramrr_train::checkpoint::truncate_jsonl_steps(&o.dir.join("metrics.jsonl"), start)?;
+        gramrr_train::checkpoint::truncate_jsonl_steps(&o.dir.join("samples.jsonl"), start)?;
     }
     observer.on_start(total, start, trainable_params);
     let open = |name: &str| -> Result<Option<(PathBuf, std::fs::File)>> {

@@ -155,3 +155,21 @@ pub fn write_checkpoint(out: &Path, step: usize, write_files: impl FnOnce(&Path)
     }
     Ok(fin)
 }
+
+/// Keeps the lines of a JSONL log whose `"step"` is ≤ `step`: a resumed run rewrites the steps
+/// after its checkpoint, so their old lines go. A missing file is nothing to do.
+pub fn truncate_jsonl_steps(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())?;
+    Ok(())
+}

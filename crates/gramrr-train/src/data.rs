@@ -128,6 +128,27 @@ pub struct DataStats {
     pub completion_tokens: usize,
 }
 
+/// The examples that fit `max_len` (truncated or skipped per `truncate`, as [`fit_length`] says),
+/// with the counts. The built-in trainer and the export for external trainers both keep exactly
+/// these, so the two train on the same data.
+pub fn fit_examples(examples: &[SftExample], max_len: usize, truncate: Truncate) -> (Vec<SftExample>, DataStats) {
+    let mut stats = DataStats { records: examples.len(), ..Default::default() };
+    let mut kept = Vec::with_capacity(examples.len());
+    for ex in examples {
+        match fit_length(ex.clone(), max_len, truncate) {
+            None => stats.skipped += 1,
+            Some((ex, cut)) => {
+                stats.truncated += cut as usize;
+                stats.kept += 1;
+                stats.prompt_tokens += ex.prompt_ids.len();
+                stats.completion_tokens += ex.completion_ids.len();
+                kept.push(ex);
+            }
+        }
+    }
+    (kept, stats)
+}
+
 /// Fits an example into `max_len` tokens. Returns `None` when it must be skipped, and whether it
 /// was truncated. At least one prompt token is kept, so the first completion token has context.
 pub fn fit_length(mut ex: SftExample, max_len: usize, truncate: Truncate) -> Option<(SftExample, bool)> {

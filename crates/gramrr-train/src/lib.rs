@@ -19,7 +19,7 @@ pub mod plot;
 pub mod policy;
 pub mod trainer;
 
-pub use data::{load_sft_jsonl, pack_examples, read_sft_jsonl, tokenize_record, DataStats, Segment, SftExample, SftRecord, Truncate};
+pub use data::{fit_examples, load_sft_jsonl, pack_examples, read_sft_jsonl, tokenize_record, DataStats, Segment, SftExample, SftRecord, Truncate};
 pub use error::{Result, TrainError};
 pub use lora::{load_adapter, merge_lora, save_adapter, LoraConfig, LoraTarget};
 pub use optim::{AdamWConfig, Scheduler};

@@ -20,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{self, TrainerState};
-use crate::data::{fit_length, DataStats, SftExample, Truncate};
+use crate::data::{DataStats, SftExample, Truncate};
 use crate::error::{Result, TrainError};
 use crate::lora::{self, LoraConfig};
 use crate::loss::{build_micro_batch, build_padding_free_micro_batch, micro_batch_loss, LabelLoss};
@@ -432,20 +432,7 @@ fn metrics_path(out: &Path) -> PathBuf {
 
 /// Keeps the metrics lines of steps ≤ `step` (a resumed run rewrites what came after).
 fn truncate_metrics(out: &Path, step: usize) -> Result<()> {
-    let p = metrics_path(out);
-    let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                .is_some_and(|s| s as usize <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    gramrr_model::fsutil::write_atomic(&p, kept.as_bytes())?;
-    Ok(())
+    crate::checkpoint::truncate_jsonl_steps(&metrics_path(out), step)
 }
 
 /// Trains `decoder` on `examples` and returns it (adapters merged or kept, per
@@ -465,20 +452,7 @@ pub fn train_sft(
     let dev = decoder.device().clone();
 
     // Length limits apply here too, so pre-tokenised callers get the same guarantee as files.
-    let mut stats = DataStats { records: examples.len(), ..Default::default() };
-    let mut data: Vec<SftExample> = Vec::with_capacity(examples.len());
-    for ex in examples {
-        match fit_length(ex.clone(), cfg.max_len, cfg.truncate) {
-            None => stats.skipped += 1,
-            Some((ex, cut)) => {
-                stats.truncated += cut as usize;
-                stats.kept += 1;
-                stats.prompt_tokens += ex.prompt_ids.len();
-                stats.completion_tokens += ex.completion_ids.len();
-                data.push(ex);
-            }
-        }
-    }
+    let (data, stats) = crate::data::fit_examples(examples, cfg.max_len, cfg.truncate);
     if data.is_empty() {
         return Err(TrainError::Config(format!(
             "no training examples left ({} given, {} skipped as longer than max length {})",
