@@ -31,7 +31,8 @@ fn repo() -> PathBuf {
 #[test]
 fn train_grpo_with_a_reward_command_writes_its_run() {
     if !has_python("json") {
-        eprintln!("skipped: python3 is not installed (the reward command is a python one-liner)");
+        // Written past the test harness's capture, so the skip shows in `cargo test` output.
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: python3 is not installed (the reward command is a python one-liner)\n"));
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -110,7 +111,8 @@ fn python(script: &str, args: &[&str]) -> serde_json::Value {
 #[test]
 fn rl_framework_examples_talk_to_gramrr_serve() {
     if !has_python("json") {
-        eprintln!("skipped: python3 is not installed");
+        // Written past the test harness's capture, so the skip shows in `cargo test` output.
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: python3 is not installed\n"));
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -156,7 +158,8 @@ fn rl_framework_examples_talk_to_gramrr_serve() {
 
     // TRL: GRPOTrainer on a tiny policy on CPU, rewarded by the server.
     if !(has_python("trl") && has_python("torch")) {
-        eprintln!("skipped: TRL GRPOTrainer example (trl/torch not installed)");
+        // Written past the test harness's capture, so the skip shows in `cargo test` output.
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: TRL GRPOTrainer example (trl/torch not installed)\n"));
         return;
     }
     let policy = tmp.path().join("policy");
