@@ -140,15 +140,7 @@ impl<'a> Reader<'a> {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                ModelError::MissingFile { path: path.to_path_buf() }
-            } else {
-                ModelError::io(path, e)
-            }
-        })?;
-        // SAFETY: read-only map of a file we do not modify; see weights.rs.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        let mmap = crate::weights::map_file(path)?;
         let mut r = Reader { data: &mmap, pos: 0, path };
         let magic = r.u32("header")?;
         if magic != GGUF_MAGIC {

@@ -70,16 +70,7 @@ impl SafetensorsCheckpoint {
         let mut shards = Vec::new();
         let mut index = HashMap::new();
         for (i, path) in files.into_iter().enumerate() {
-            let file = std::fs::File::open(&path).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    ModelError::MissingFile { path: path.clone() }
-                } else {
-                    ModelError::io(&path, e)
-                }
-            })?;
-            // SAFETY: the file is opened read-only; a concurrent writer truncating it would make
-            // reads fault, which is the usual contract of memory-mapped model loading.
-            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
+            let mmap = map_file(&path)?;
             let st = SafeTensors::deserialize(&mmap)
                 .map_err(|e| ModelError::Weights { file: path.clone(), message: e.to_string() })?;
             for name in st.names() {
@@ -269,18 +260,24 @@ pub fn load_safetensors_file(path: &Path, device: &Device) -> Result<BTreeMap<St
     Ok(out)
 }
 
+/// Maps a weights file (safetensors or GGUF) read-only; a missing file is `MissingFile`.
+pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ModelError::MissingFile { path: path.to_path_buf() }
+        } else {
+            ModelError::io(path, e)
+        }
+    })?;
+    // SAFETY: the file is opened read-only; a concurrent writer truncating it would make reads
+    // fault, which is the usual contract of memory-mapped model loading.
+    unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))
+}
+
 impl SafetensorsCheckpoint {
     /// Opens one safetensors file under any name.
     pub fn open_file(path: &Path, device: &Device) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                ModelError::MissingFile { path: path.to_path_buf() }
-            } else {
-                ModelError::io(path, e)
-            }
-        })?;
-        // SAFETY: see `open`.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        let mmap = map_file(path)?;
         let st = SafeTensors::deserialize(&mmap)
             .map_err(|e| ModelError::Weights { file: path.to_path_buf(), message: e.to_string() })?;
         let index = st.names().into_iter().map(|n| (n.to_string(), 0)).collect();
