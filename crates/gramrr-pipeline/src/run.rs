@@ -278,8 +278,13 @@ impl RunDir {
     }
 }
 
-/// Takes the run directory's exclusive lock without waiting. The operating system releases it
-/// when the process ends however it ends, so a killed run never leaves a stale lock behind.
+/// How long a busy lock is retried before the run directory is declared in use. A process that
+/// spawns a command (a trainer, a server) while it holds the lock shares the lock's open file
+/// with the child between fork and exec, so a lock just released can look held for an instant.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Takes the run directory's exclusive lock, retrying for [`LOCK_GRACE`]. The operating system
+/// releases it when the process ends however it ends, so a killed run never leaves a stale lock.
 fn lock_run_dir(root: &Path) -> Result<std::fs::File> {
     let path = root.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
@@ -288,7 +293,13 @@ fn lock_run_dir(root: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(&path)
         .map_err(|e| PipelineError::io(&path, e))?;
-    match file.try_lock() {
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    let mut tried = file.try_lock();
+    while matches!(tried, Err(std::fs::TryLockError::WouldBlock)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        tried = file.try_lock();
+    }
+    match tried {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(PipelineError::stage(
             "run",
