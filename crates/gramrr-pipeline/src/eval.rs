@@ -31,6 +31,10 @@ pub struct Prediction {
     pub label: Option<Label>,
     pub truth: Label,
     pub text: String,
+    /// The pair was shown as (B, A): the rationale's "A" is `response_b`. `label` and `truth`
+    /// are in the pair's own orientation either way.
+    #[serde(default)]
+    pub swapped: bool,
 }
 
 /// Evaluates `pairs` (those with an A/B label) in chunks of `chunk`, calling `progress` with the
@@ -68,7 +72,13 @@ pub fn evaluate(
                 }
                 (None, f) => *s.failures.entry(f.as_ref().map_or("no label", |f| f.kind()).to_string()).or_default() += 1,
             }
-            preds.push(Prediction { id: p.id.clone(), label: j.label, truth: *truth, text: j.rationale.unwrap_or_default() });
+            preds.push(Prediction {
+                id: p.id.clone(),
+                label: j.label,
+                truth: *truth,
+                text: j.rationale.unwrap_or_default(),
+                swapped: j.swapped,
+            });
         }
         progress(preds.len());
     }

@@ -385,7 +385,9 @@ fn rationale_quality(run: &RunDir, stages: &[(String, String)], pairs: &[Prefere
             let Some(b) = body.and_then(|b| parse_body(b).ok()) else { continue };
             cons += b.judged.iter().all(|(quote, yes, _)| *yes == (*quote == b.result)) as usize;
             let yes: Vec<Label> = [Label::A, Label::B].into_iter().zip(&b.judged).filter(|(_, j)| j.1).map(|(l, _)| l).collect();
-            follows += (yes.len() == 1 && p.label == Some(yes[0])) as usize;
+            // The verdicts name the responses as shown; the label is in the pair's orientation.
+            let shown = p.label.map(|l| if p.swapped { l.flipped() } else { l });
+            follows += (yes.len() == 1 && shown == Some(yes[0])) as usize;
         }
         out.push(RationaleQuality {
             model: model.clone(),
@@ -532,18 +534,24 @@ mod tests {
         ];
         let mut buf = String::new();
         for (id, text, label) in texts {
-            let p = crate::eval::Prediction { id: id.into(), label, truth: Label::B, text: text.into() };
+            let p = crate::eval::Prediction { id: id.into(), label, truth: Label::B, text: text.into(), swapped: false };
             buf.push_str(&serde_json::to_string(&p).unwrap());
             buf.push('\n');
         }
+        // Shown as (B, A): the rationale's "A" is response_b (48), so its shown-A verdict is the
+        // pair's label B, and the label follows the verdicts.
+        let shown_swapped = "<think>36-51=84 so 48. A 48 vs 48 yes. B 49 vs 48 no.</think><answer>A</answer>";
+        let p = crate::eval::Prediction { id: "5".into(), label: Some(Label::B), truth: Label::B, text: shown_swapped.into(), swapped: true };
+        buf.push_str(&serde_json::to_string(&p).unwrap());
+        buf.push('\n');
         std::fs::write(dir.join("predictions.jsonl"), buf).unwrap();
-        let pairs: Vec<PreferencePair> = ["1", "2", "3", "4"].into_iter().map(pair).collect();
+        let pairs: Vec<PreferencePair> = ["1", "2", "3", "4", "5"].into_iter().map(pair).collect();
         let stages = [("rm".to_string(), "initial".to_string()), ("missing".to_string(), "skipped".to_string())];
         let q = rationale_quality(&run, &stages, &pairs).unwrap();
         assert_eq!(q.len(), 1, "a stage without predictions is left out");
         assert_eq!(q[0].model, "initial");
-        assert_eq!(q[0].computation_correct, 50.0);
-        assert_eq!(q[0].verdicts_consistent, 50.0);
-        assert_eq!(q[0].label_follows_verdicts, 25.0);
+        assert_eq!(q[0].computation_correct, 60.0);
+        assert_eq!(q[0].verdicts_consistent, 60.0);
+        assert_eq!(q[0].label_follows_verdicts, 40.0, "1 and the swapped 5");
     }
 }
