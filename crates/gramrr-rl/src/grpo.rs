@@ -27,7 +27,7 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 use gramrr_model::backend::SamplingParams;
 use gramrr_model::model::{Decoder, ForwardCtx};
-use gramrr_model::weights::{load_safetensors_file, save_safetensors};
+use gramrr_model::weights::save_safetensors;
 use gramrr_model::Engine;
 use gramrr_train::loss::build_micro_batch;
 use gramrr_train::optim::{clip_coefficient, global_grad_norm, lr_lambda, warmup_steps, AdamW};
@@ -388,14 +388,7 @@ pub fn train_grpo(
                     if st.prompts_hash != phash {
                         return Err(rerr("it was written for different prompts".into()));
                     }
-                    let wfile = ck.join(if mode == "lora" { "adapter_model.safetensors" } else { "model.safetensors" });
-                    let weights = load_safetensors_file(&wfile, &dev)?;
-                    for p in &opt.params {
-                        let t = weights.get(&p.name).ok_or_else(|| rerr(format!("{}: tensor {:?} is missing", wfile.display(), p.name)))?;
-                        p.var.set(t)?;
-                    }
-                    let moments = load_safetensors_file(&ck.join("optimizer.safetensors"), &dev)?;
-                    opt.load_state(&moments, &st.param_steps).map_err(|m| rerr(format!("optimizer.safetensors: {m}")))?;
+                    gramrr_train::checkpoint::restore_trainable(&ck, mode == "lora", &mut opt, &st.param_steps, &dev)?;
                     start = st.step;
                     history = st.history;
                     resumed_from = Some(start);

@@ -173,3 +173,25 @@ pub fn truncate_jsonl_steps(path: &Path, step: usize) -> Result<()> {
     write_atomic(path, kept.as_bytes())?;
     Ok(())
 }
+
+/// Loads a checkpoint's trainable tensors (the adapter, or the full model) and the optimizer's
+/// moments into `opt`: the one resume path of the SFT and GRPO trainers. A missing tensor or a
+/// moment that does not fit is a `Resume` error naming the checkpoint.
+pub fn restore_trainable(
+    ck: &Path,
+    lora: bool,
+    opt: &mut crate::optim::AdamW,
+    param_steps: &[u64],
+    device: &candle_core::Device,
+) -> Result<()> {
+    let rerr = |m: String| TrainError::Resume { dir: ck.to_path_buf(), message: m };
+    let wfile = ck.join(if lora { "adapter_model.safetensors" } else { "model.safetensors" });
+    let weights = gramrr_model::weights::load_safetensors_file(&wfile, device)?;
+    for p in &opt.params {
+        let t = weights.get(&p.name).ok_or_else(|| rerr(format!("{}: tensor {:?} is missing", wfile.display(), p.name)))?;
+        p.var.set(t)?;
+    }
+    let moments = gramrr_model::weights::load_safetensors_file(&ck.join("optimizer.safetensors"), device)?;
+    opt.load_state(&moments, param_steps).map_err(|m| rerr(format!("optimizer.safetensors: {m}")))?;
+    Ok(())
+}

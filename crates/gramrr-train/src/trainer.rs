@@ -13,7 +13,7 @@ use std::time::Instant;
 use candle_core::{Tensor, Var};
 use gramrr_model::model::{Decoder, ForwardCtx};
 use gramrr_model::tokenizer::TextTokenizer;
-use gramrr_model::weights::{load_safetensors_file, save_safetensors};
+use gramrr_model::weights::save_safetensors;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -502,14 +502,7 @@ pub fn train_sft(
                     if st.mode != mode {
                         return Err(rerr(format!("it is a {} checkpoint, this run is {mode}", st.mode)));
                     }
-                    let wfile = ck.join(if mode == "lora" { "adapter_model.safetensors" } else { "model.safetensors" });
-                    let weights = load_safetensors_file(&wfile, &dev)?;
-                    for p in &opt.params {
-                        let t = weights.get(&p.name).ok_or_else(|| rerr(format!("{}: tensor {:?} is missing", wfile.display(), p.name)))?;
-                        p.var.set(t)?;
-                    }
-                    let moments = load_safetensors_file(&ck.join("optimizer.safetensors"), &dev)?;
-                    opt.load_state(&moments, &st.param_steps).map_err(|m| rerr(format!("optimizer.safetensors: {m}")))?;
+                    crate::checkpoint::restore_trainable(&ck, mode == "lora", &mut opt, &st.param_steps, &dev)?;
                     start = st.step;
                     losses = st.losses.clone();
                     resumed_from = Some(start);
