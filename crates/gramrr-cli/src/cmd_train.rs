@@ -60,6 +60,34 @@ pub enum TrainCommand {
     Grpo(Box<GrpoArgs>),
 }
 
+/// LoRA settings shared by `train sft` and `train grpo`.
+#[derive(Args, Debug, Clone)]
+pub struct LoraArgs {
+    /// LoRA rank; 0 means full fine-tuning.
+    #[arg(long, default_value_t = 0)]
+    lora_rank: usize,
+    /// LoRA alpha (the update is scaled by alpha / rank).
+    #[arg(long, default_value_t = 32.0)]
+    lora_alpha: f64,
+    /// Dropout on the LoRA input.
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f32,
+    /// Projections that get adapters, comma-separated from q,k,v,o,gate,up,down (or "all").
+    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
+    lora_targets: String,
+}
+
+impl LoraArgs {
+    /// `None` for full fine-tuning (rank 0).
+    fn config(&self) -> anyhow::Result<Option<LoraConfig>> {
+        if self.lora_rank == 0 {
+            return Ok(None);
+        }
+        let targets = LoraTarget::parse_list(&self.lora_targets).map_err(anyhow::Error::msg).context("--lora-targets")?;
+        Ok(Some(LoraConfig { rank: self.lora_rank, alpha: self.lora_alpha, dropout: self.lora_dropout, targets }))
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct GrpoArgs {
     /// The policy: a directory in Hugging Face layout, or `org/name` in the local HF cache.
@@ -163,18 +191,8 @@ pub struct GrpoArgs {
     #[arg(long)]
     stop: Vec<String>,
 
-    /// LoRA rank; 0 means full fine-tuning.
-    #[arg(long, default_value_t = 0)]
-    lora_rank: usize,
-    /// LoRA alpha (the update is scaled by alpha / rank).
-    #[arg(long, default_value_t = 32.0)]
-    lora_alpha: f64,
-    /// Dropout on the LoRA input.
-    #[arg(long, default_value_t = 0.0)]
-    lora_dropout: f32,
-    /// Projections that get adapters, comma-separated from q,k,v,o,gate,up,down (or "all").
-    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
-    lora_targets: String,
+    #[command(flatten)]
+    lora: LoraArgs,
     /// Peak learning rate (TRL's GRPO default; LoRA usually wants 1e-5 to 1e-4).
     #[arg(long, default_value_t = 1e-6)]
     lr: f64,
@@ -228,18 +246,8 @@ pub struct SftArgs {
     #[arg(long)]
     out: PathBuf,
 
-    /// LoRA rank; 0 means full fine-tuning.
-    #[arg(long, default_value_t = 0)]
-    lora_rank: usize,
-    /// LoRA alpha (the update is scaled by alpha / rank).
-    #[arg(long, default_value_t = 32.0)]
-    lora_alpha: f64,
-    /// Dropout on the LoRA input.
-    #[arg(long, default_value_t = 0.0)]
-    lora_dropout: f32,
-    /// Projections that get adapters, comma-separated from q,k,v,o,gate,up,down (or "all").
-    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
-    lora_targets: String,
+    #[command(flatten)]
+    lora: LoraArgs,
 
     /// Optimizer steps; overrides --epochs when given.
     #[arg(long)]
@@ -407,12 +415,7 @@ fn sft(a: SftArgs) -> Result<()> {
     let dir = gramrr_model::hub::resolve_model_dir(&a.model).with_context(|| format!("finding model {}", a.model))?;
     let device = a.device.device()?;
     let tokenizer = TextTokenizer::from_dir(&dir).with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
-    let lora = if a.lora_rank > 0 {
-        let targets = LoraTarget::parse_list(&a.lora_targets).map_err(anyhow::Error::msg).context("--lora-targets")?;
-        Some(LoraConfig { rank: a.lora_rank, alpha: a.lora_alpha, dropout: a.lora_dropout, targets })
-    } else {
-        None
-    };
+    let lora = a.lora.config()?;
     let label_loss = a.label_tokens.as_deref().map(|s| LabelLossConfig {
         tokens: split_labels(s),
         smoothing: a.label_smoothing,
@@ -589,12 +592,7 @@ fn grpo(a: GrpoArgs) -> Result<()> {
         1 if parts[0].0 == 1.0 => parts.pop().expect("one part").1,
         _ => Box::new(gramrr_rl::MixedReward { parts }),
     };
-    let lora = if a.lora_rank > 0 {
-        let targets = LoraTarget::parse_list(&a.lora_targets).map_err(anyhow::Error::msg).context("--lora-targets")?;
-        Some(LoraConfig { rank: a.lora_rank, alpha: a.lora_alpha, dropout: a.lora_dropout, targets })
-    } else {
-        None
-    };
+    let lora = a.lora.config()?;
     let cfg = gramrr_rl::GrpoConfig {
         lora,
         steps: a.steps,
