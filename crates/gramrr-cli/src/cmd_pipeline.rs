@@ -300,12 +300,12 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
         Some("tiny") => DemoSize::Tiny,
         Some(o) => anyhow::bail!("--size {o:?}: expected full, quick or tiny"),
     };
-    let report = run_demo(&DemoOptions { out: a.out.clone(), seed: a.seed, size, resume: a.resume, train_command: a.train_command })
+    let report = run_demo(&DemoOptions { out: a.out.clone(), seed: a.seed, size, resume: a.resume, train_command: a.train_command, rl: a.rl })
         .with_context(|| format!("demo in {}", a.out.display()))?;
     println!("{}", report.to_markdown());
     if a.rl {
-        let act = gramrr_pipeline::demo::rl_act::run_rl_act(&a.out, size, a.seed).with_context(|| format!("demo RL act in {}", a.out.display()))?;
-        println!("{}", act.to_markdown());
+        let md = a.out.join("rl").join("report.md");
+        println!("{}", std::fs::read_to_string(&md).with_context(|| format!("reading {}", md.display()))?);
     }
     Ok(())
 }

@@ -225,6 +225,9 @@ pub struct DemoOptions {
     /// Train every stage (the backbone's pretraining too) with this external command instead of
     /// the built-in trainer (`backend = "command"`; see `external_train`). It runs in `out`.
     pub train_command: Option<String>,
+    /// After the reward models, the last act: GRPO on a policy with each reward
+    /// ([`rl_act::run_rl_act`]).
+    pub rl: bool,
 }
 
 fn write_truth(path: &Path, ids: &[PreferencePair], labels: &[Label]) -> Result<()> {
@@ -260,14 +263,28 @@ fn write_domain(d: &Domain, dir: &Path) -> Result<()> {
 /// Stage `backbone`: a random Qwen3-shaped model with the demo's character tokenizer,
 /// pretrained as a language model on domain text.
 fn stage_backbone(p: &mut Pipeline, cfg: &DemoConfig, seed: u64, domain: &Domain, pretrain_file: &Path) -> Result<()> {
-    let name = "backbone";
+    stage_pretrain(p, "backbone", cfg, seed, domain, pretrain_file, None)
+}
+
+/// Stage `policy`, the RL act's starting policy: the backbone's pretraining (same random
+/// initial model, same text, same schedule shape) stopped after `steps`, so it computes some
+/// sums and not others and GRPO has something to gain.
+pub(crate) fn stage_policy(p: &mut Pipeline, cfg: &DemoConfig, seed: u64, domain: &Domain, pretrain_file: &Path, steps: usize) -> Result<PathBuf> {
+    stage_pretrain(p, "policy", cfg, seed, domain, pretrain_file, Some(steps))?;
+    Ok(p.run.stage_dir("policy").join("model"))
+}
+
+fn stage_pretrain(p: &mut Pipeline, name: &str, cfg: &DemoConfig, seed: u64, domain: &Domain, pretrain_file: &Path, steps: Option<usize>) -> Result<()> {
     let mut inputs = BTreeMap::new();
     inputs.insert("pretrain".into(), crate::run::hash_file(pretrain_file)?.sha256);
-    let settings = json!({"backbone": cfg.backbone, "train": cfg.pretrain, "seed": seed});
+    let mut settings = json!({"backbone": cfg.backbone, "train": cfg.pretrain, "seed": seed});
+    if let Some(s) = steps {
+        settings["steps"] = json!(s);
+    }
     let key = RunDir::stage_key(name, &settings, &inputs);
     let init = p.run.stage_dir("backbone-init");
     // The random initial model is the base the pretraining starts from; it is cheap and a pure
-    // function of the seed, so it is rewritten whenever the backbone stage runs.
+    // function of the seed, so it is rewritten (identically) whenever a pretraining stage runs.
     if !p.run.is_done(name, &key) {
         let tok = char_tokenizer_with_tokens(domain::ALPHABET, &TAGS)?;
         let mut spec = InitSpec::tiny(Architecture::Qwen3);
@@ -288,7 +305,7 @@ fn stage_backbone(p: &mut Pipeline, cfg: &DemoConfig, seed: u64, domain: &Domain
             .map(|(q, c)| make_example(tok, &Prompt::Raw(q.clone()), &[Segment { text: c.clone(), weight: 1.0 }]))
             .collect()
     };
-    p.train_stage(name, settings, inputs, &init, examples, &cfg.pretrain, None)?;
+    p.train_stage(name, settings, inputs, &init, examples, &cfg.pretrain, steps)?;
     Ok(())
 }
 
@@ -499,7 +516,13 @@ pub fn run_demo(opts: &DemoOptions) -> Result<Report> {
     if let Err(e) = report::plot_accuracy(&report, &out.join("accuracy.png")) {
         note(format!("accuracy plot not drawn: {e}"));
     }
-    note(format!("demo finished in {:.0}s: {}", report.seconds, out.join("report.md").display()));
+    if opts.rl {
+        let steps = rl_act::RlActConfig::new(opts.size).policy_steps;
+        let policy = stage_policy(&mut p, &cfg, opts.seed, &domain, &data_dir.join("pretrain.jsonl"), steps)?;
+        drop(p);
+        rl_act::run_rl_act(out, opts.size, opts.seed, &domain, &policy)?;
+    }
+    note(format!("demo finished in {:.0}s: {}", t0.elapsed().as_secs_f64(), out.join("report.md").display()));
     Ok(report)
 }
 

@@ -213,27 +213,6 @@ impl Report {
     }
 }
 
-const FONT_CANDIDATES: [&str; 5] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
-];
-
-/// Registers a system font once; without one the chart is drawn without text.
-fn ensure_font() -> bool {
-    static FONT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FONT.get_or_init(|| {
-        FONT_CANDIDATES.iter().any(|p| {
-            std::fs::read(p).ok().is_some_and(|bytes| {
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
-            })
-        })
-    })
-}
-
 /// A bar chart of test accuracy by stage, with the vanilla RM as a dashed reference line.
 pub fn plot_accuracy(report: &Report, path: &Path) -> Result<()> {
     plot_accuracy_seeds(std::slice::from_ref(report), path)
@@ -271,7 +250,7 @@ pub fn plot_accuracy_seeds(reports: &[Report], path: &Path) -> Result<()> {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let several = reports.len() > 1;
-    let text = ensure_font();
+    let text = gramrr_train::plot::ensure_font();
     let root = BitMapBackend::new(path, (1100, 620)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| perr(e.to_string()))?;
     let lo = per_stage.iter().flatten().copied().fold(100.0f64, f64::min);

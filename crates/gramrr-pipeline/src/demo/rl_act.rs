@@ -1,6 +1,7 @@
 //! The demo's last act (opt-in: `gramrr demo --rl`): put the reward models to work on a policy.
 //!
-//! The policy is the pretrained backbone, asked `Q: 63-15? ` as in its pretraining text; it
+//! The policy is an earlier checkpoint of the backbone's pretraining (stage `policy`: the same
+//! pretraining stopped early, so it works only some sums out right), asked `Q: 63-15? ` as in its pretraining text; it
 //! answers with its worked steps (`<think>36-51=84 so 48.</think>`), and the world's gold
 //! verifier checks the stated computation ([`computation_correct`]). It is trained with GRPO
 //! three times, on the same prompts and compute, rewarded by the final GRAM-R² model, by the
@@ -30,6 +31,9 @@ use crate::progress::note;
 /// The settings of the act at each demo size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RlActConfig {
+    /// Pretraining steps of the starting policy (the backbone takes more): at full size 400 of
+    /// the backbone's 800 leave a policy that works about a third of the test sums out right.
+    pub policy_steps: usize,
     pub steps: usize,
     pub prompts_per_step: usize,
     pub group_size: usize,
@@ -43,9 +47,9 @@ pub struct RlActConfig {
 impl RlActConfig {
     pub fn new(size: DemoSize) -> Self {
         match size {
-            DemoSize::Full => RlActConfig { steps: 60, prompts_per_step: 8, group_size: 8, lr: 3e-4, max_new_tokens: 40, eval_questions: 300, best_of_n_questions: 100 },
-            DemoSize::Quick => RlActConfig { steps: 20, prompts_per_step: 8, group_size: 4, lr: 3e-4, max_new_tokens: 40, eval_questions: 200, best_of_n_questions: 40 },
-            DemoSize::Tiny => RlActConfig { steps: 2, prompts_per_step: 2, group_size: 2, lr: 3e-4, max_new_tokens: 8, eval_questions: 8, best_of_n_questions: 4 },
+            DemoSize::Full => RlActConfig { policy_steps: 400, steps: 60, prompts_per_step: 8, group_size: 8, lr: 3e-4, max_new_tokens: 40, eval_questions: 300, best_of_n_questions: 100 },
+            DemoSize::Quick => RlActConfig { policy_steps: 100, steps: 20, prompts_per_step: 8, group_size: 4, lr: 3e-4, max_new_tokens: 40, eval_questions: 200, best_of_n_questions: 40 },
+            DemoSize::Tiny => RlActConfig { policy_steps: 4, steps: 2, prompts_per_step: 2, group_size: 2, lr: 3e-4, max_new_tokens: 8, eval_questions: 8, best_of_n_questions: 4 },
         }
     }
 }
@@ -147,19 +151,19 @@ fn dedup_questions<'a>(pairs: impl Iterator<Item = &'a gramrr_data::PreferencePa
     pairs.map(|p| p.prompt.as_text()).filter(|q| seen.insert(q.clone())).collect()
 }
 
-/// Runs the act on a finished demo in `out` and writes `out/rl/report.md` and `report.json`.
-pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64) -> Result<RlActReport> {
+/// Runs the act on a finished demo in `out`, starting from the policy checkpoint `policy`, and
+/// writes `out/rl/report.md` and `report.json`.
+pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy: &Path) -> Result<RlActReport> {
     let t0 = Instant::now();
     let cfg = DemoConfig::new(size);
     let act = RlActConfig::new(size);
     let run = out.join("run");
     let stage = |s: &str| -> PathBuf { run.join(s).join("model") };
-    for s in ["backbone", "baseline", "final"] {
-        if !stage(s).join("config.json").exists() {
-            return Err(err(out, format!("{} is missing: run the demo first (same --out, --seed and size)", stage(s).display())));
+    for dir in [stage("baseline"), stage("final"), policy.to_path_buf()] {
+        if !dir.join("config.json").exists() {
+            return Err(err(out, format!("{} is missing: run the demo first (same --out, --seed and size)", dir.display())));
         }
     }
-    let domain = Domain::generate(seed, &cfg.sizes);
     // One pass over as many training questions as the run asks for.
     let train_q: Vec<String> =
         dedup_questions(domain.labeled.iter().chain(&domain.unlabeled)).into_iter().take(act.steps * act.prompts_per_step).collect();
@@ -173,8 +177,7 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64) -> Result<RlActReport> 
     };
     let rl_dir = out.join("rl");
     std::fs::create_dir_all(&rl_dir).map_err(|e| PipelineError::io(&rl_dir, e))?;
-    let backbone = stage("backbone");
-    let start = Engine::load(&backbone.display().to_string(), &opts)?;
+    let start = Engine::load(&policy.display().to_string(), &opts)?;
     let gold_before = gold_accuracy(&start, &test_q, act.max_new_tokens)?.0;
     // The reference each response is judged against: the starting policy's greedy answer
     // (GRAM v1's suggestion), so the proxy reward is absolute and its drift over the steps shows.
@@ -185,7 +188,7 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64) -> Result<RlActReport> 
         .zip(references)
         .map(|(q, r)| PromptRecord { id: q.clone(), prompt: prompt(q), reference: Some(r) })
         .collect();
-    note(format!("RL act: the policy (backbone) gets {gold_before:.1}% of {} held-out questions right", test_q.len()));
+    note(format!("RL act: the starting policy gets {gold_before:.1}% of {} held-out questions right", test_q.len()));
 
     let gram = || -> Result<Box<dyn RewardModel>> {
         let r = JudgeReward::new(judge(&stage("final"), &opts)?);
@@ -213,10 +216,10 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64) -> Result<RlActReport> 
     for (slug, build) in builders {
         let t = Instant::now();
         let reward = build()?;
-        let policy = Engine::load(&backbone.display().to_string(), &opts)?;
-        let o = GrpoOutput { dir: rl_dir.join(slug), base_model_dir: Some(backbone.clone()), plot: true };
+        let engine = Engine::load(&policy.display().to_string(), &opts)?;
+        let o = GrpoOutput { dir: rl_dir.join(slug), base_model_dir: Some(policy.to_path_buf()), plot: true };
         note(format!("RL act: GRPO with {} ({} steps)", reward.name(), act.steps));
-        let (trained, report) = gramrr_rl::train_grpo(policy, &prompts, reward.as_ref(), &grpo, Some(&o), &mut Quiet).map_err(|e| err(out, e))?;
+        let (trained, report) = gramrr_rl::train_grpo(engine, &prompts, reward.as_ref(), &grpo, Some(&o), &mut Quiet).map_err(|e| err(out, e))?;
         let gold_after = gold_accuracy(&trained, &test_q, act.max_new_tokens)?.0;
         // Gold accuracy of each step's samples, from samples.jsonl.
         let samples = std::fs::read_to_string(o.dir.join("samples.jsonl")).map_err(|e| PipelineError::io(o.dir.join("samples.jsonl"), e))?;
@@ -239,10 +242,10 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64) -> Result<RlActReport> 
     }
 
     // Best-of-n on the starting policy's samples.
-    let policy = Engine::load(&backbone.display().to_string(), &opts)?;
-    let ids = bon_q.iter().map(|q| policy.encode_prompt(&prompt(q))).collect::<std::result::Result<Vec<_>, _>>()?;
+    let start = Engine::load(&policy.display().to_string(), &opts)?;
+    let ids = bon_q.iter().map(|q| start.encode_prompt(&prompt(q))).collect::<std::result::Result<Vec<_>, _>>()?;
     let (reqs, offs): (Vec<Vec<u32>>, Vec<u64>) = ids.iter().enumerate().flat_map(|(i, p)| (0..16).map(move |k| (p.clone(), (i * 16 + k) as u64 + 1_000_000))).unzip();
-    let samples = policy.generate_ids(&reqs, &offs, &SamplingParams { max_new_tokens: act.max_new_tokens, temperature: 1.0, seed, ..SamplingParams::default() })?;
+    let samples = start.generate_ids(&reqs, &offs, &SamplingParams { max_new_tokens: act.max_new_tokens, temperature: 1.0, seed, ..SamplingParams::default() })?;
     let texts: Vec<&str> = samples.iter().map(|o| o.text.as_str()).collect();
     let ns = [1usize, 2, 4, 8, 16];
     let mut best_of_n = vec![];
@@ -277,14 +280,17 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64) -> Result<RlActReport> 
     let report = RlActReport { size: size.as_str().into(), seed, config: act, runs, best_of_n, targets, seconds: t0.elapsed().as_secs_f64() };
     gramrr_model::fsutil::write_json_atomic(&rl_dir.join("report.json"), &serde_json::to_value(&report).expect("serializes"))?;
     gramrr_model::fsutil::write_atomic(&rl_dir.join("report.md"), report.to_markdown().as_bytes())?;
+    if let Err(e) = plot_rl_act(&report, &rl_dir.join("rl.png")) {
+        note(format!("RL act plot not drawn: {e}"));
+    }
     Ok(report)
 }
 
 impl RlActReport {
     pub fn to_markdown(&self) -> String {
         let mut s = format!(
-            "# Demo, last act: GRPO with each reward ({} size, seed {})\n\nThe pretrained backbone answers `Q: a±b? ` with its worked steps; the gold verifier checks them. GRPO: {} steps × {} prompts × {} samples, lr {}, β 0.04, full fine-tuning; each RM judges the answer a response states against the starting policy's greedy answer to the same question (reward P(better), one order, reasoning mode).\n\n| reward | gold before | gold after | change | seconds |\n|---|---|---|---|---|\n",
-            self.size, self.seed, self.config.steps, self.config.prompts_per_step, self.config.group_size, self.config.lr
+            "# Demo, last act: GRPO with each reward ({} size, seed {})\n\nThe starting policy (the backbone's pretraining stopped after {} steps) answers `Q: a±b? ` with its worked steps; the gold verifier checks them. GRPO: {} steps × {} prompts × {} samples, lr {}, β 0.04, full fine-tuning; each RM judges the answer a response states against the starting policy's greedy answer to the same question (reward P(better), one order, reasoning mode).\n\n| reward | gold before | gold after | change | seconds |\n|---|---|---|---|---|\n",
+            self.size, self.seed, self.config.policy_steps, self.config.steps, self.config.prompts_per_step, self.config.group_size, self.config.lr
         );
         for r in &self.runs {
             s.push_str(&format!("| {} | {:.1}% | {:.1}% | {:+.1} | {:.0} |\n", r.reward, r.gold_before, r.gold_after, r.gold_after - r.gold_before, r.seconds));
@@ -315,7 +321,85 @@ impl RlActReport {
         for (t, met, m) in &self.targets {
             s.push_str(&format!("- {} {t}: {m}\n", if *met { "met:" } else { "**not met**:" }));
         }
-        s.push_str(&format!("\nTime: {:.0} s.\n", self.seconds));
+        s.push_str(&format!("\n![gold vs proxy reward, best-of-n](rl.png)\n\nTime: {:.0} s.\n", self.seconds));
         s
     }
+}
+
+/// Two panels: each reward's run as gold accuracy of its samples against its proxy reward
+/// (five-step means, a line from the first to the last step, so over-optimisation shows as a
+/// curve that turns down while the proxy still rises), and best-of-n curves per selector.
+pub fn plot_rl_act(report: &RlActReport, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let perr = |m: String| PipelineError::Plot { path: path.to_path_buf(), message: m };
+    let text = gramrr_train::plot::ensure_font();
+    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| perr(e.to_string()))?;
+    let (left, right) = root.split_horizontally(600);
+    let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44)];
+    let window = 5;
+    let curves: Vec<Vec<(f64, f64)>> = report
+        .runs
+        .iter()
+        .map(|r| {
+            r.proxy_reward
+                .chunks(window)
+                .zip(r.sample_gold.chunks(window))
+                .map(|(p, g)| (p.iter().sum::<f64>() / p.len() as f64, g.iter().sum::<f64>() / g.len() as f64))
+                .collect()
+        })
+        .collect();
+    let xs = curves.iter().flatten().map(|c| c.0);
+    let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
+    let (lo, hi) = if lo.is_finite() { (lo - 0.02, hi.max(lo + 0.05) + 0.02) } else { (0.0, 1.0) };
+    let mut b = ChartBuilder::on(&left);
+    b.margin(14);
+    if text {
+        b.caption("gold accuracy of samples vs proxy reward (5-step means)", ("sans-serif", 17)).x_label_area_size(35).y_label_area_size(45);
+    }
+    let mut chart = b.build_cartesian_2d(lo..hi, 0f64..100f64).map_err(|e| perr(e.to_string()))?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("mean proxy reward").y_desc("gold accuracy (%)").label_style(("sans-serif", 12));
+    } else {
+        mesh.disable_x_axis().disable_y_axis();
+    }
+    mesh.draw().map_err(|e| perr(e.to_string()))?;
+    for ((r, c), color) in report.runs.iter().zip(&curves).zip(colors) {
+        let s = chart.draw_series(LineSeries::new(c.iter().copied(), color.stroke_width(2))).map_err(|e| perr(e.to_string()))?;
+        if text {
+            s.label(r.reward.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        }
+        chart.draw_series(c.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| perr(e.to_string()))?;
+    }
+    if text {
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font(("sans-serif", 13)).draw().map_err(|e| perr(e.to_string()))?;
+    }
+    let max_n = report.best_of_n.iter().flat_map(|b| b.accuracy.iter().map(|a| a.0)).max().unwrap_or(16).max(2) as f64;
+    let mut b = ChartBuilder::on(&right);
+    b.margin(14);
+    if text {
+        b.caption("best-of-n on the starting policy's samples", ("sans-serif", 17)).x_label_area_size(35).y_label_area_size(45);
+    }
+    let mut chart = b.build_cartesian_2d(0f64..max_n.log2(), 0f64..100f64).map_err(|e| perr(e.to_string()))?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("log2 n").y_desc("gold accuracy of the pick (%)").label_style(("sans-serif", 12));
+    } else {
+        mesh.disable_x_axis().disable_y_axis();
+    }
+    mesh.draw().map_err(|e| perr(e.to_string()))?;
+    for (bo, color) in report.best_of_n.iter().zip(colors) {
+        let pts: Vec<(f64, f64)> = bo.accuracy.iter().map(|&(n, a)| ((n as f64).log2(), a)).collect();
+        let s = chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2))).map_err(|e| perr(e.to_string()))?;
+        if text {
+            s.label(bo.selector.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        }
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| perr(e.to_string()))?;
+    }
+    if text {
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font(("sans-serif", 13)).draw().map_err(|e| perr(e.to_string()))?;
+    }
+    root.present().map_err(|e| perr(e.to_string()))?;
+    Ok(())
 }
