@@ -517,7 +517,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<Report> {
         note(format!("accuracy plot not drawn: {e}"));
     }
     if opts.rl {
-        let steps = rl_act::RlActConfig::new(opts.size).policy_steps;
+        let steps = rl_act::RlActConfig::for_size(opts.size).map_err(|e| PipelineError::Config { path: out.clone(), message: e })?.policy_steps;
         let policy = stage_policy(&mut p, &cfg, opts.seed, &domain, &data_dir.join("pretrain.jsonl"), steps)?;
         drop(p);
         rl_act::run_rl_act(out, opts.size, opts.seed, &domain, &policy)?;

@@ -38,6 +38,10 @@ pub struct RlActConfig {
     pub prompts_per_step: usize,
     pub group_size: usize,
     pub lr: f64,
+    /// Sampling temperature of the policy's responses.
+    pub temperature: f32,
+    /// Weight of the KL penalty to the starting policy.
+    pub beta: f64,
     pub max_new_tokens: usize,
     /// Held-out questions for gold accuracy (greedy) and for best-of-n.
     pub eval_questions: usize,
@@ -47,10 +51,27 @@ pub struct RlActConfig {
 impl RlActConfig {
     pub fn new(size: DemoSize) -> Self {
         match size {
-            DemoSize::Full => RlActConfig { policy_steps: 400, steps: 60, prompts_per_step: 8, group_size: 8, lr: 3e-4, max_new_tokens: 40, eval_questions: 300, best_of_n_questions: 100 },
-            DemoSize::Quick => RlActConfig { policy_steps: 100, steps: 20, prompts_per_step: 8, group_size: 4, lr: 3e-4, max_new_tokens: 40, eval_questions: 200, best_of_n_questions: 40 },
-            DemoSize::Tiny => RlActConfig { policy_steps: 4, steps: 2, prompts_per_step: 2, group_size: 2, lr: 3e-4, max_new_tokens: 8, eval_questions: 8, best_of_n_questions: 4 },
+            DemoSize::Full => RlActConfig { policy_steps: 400, steps: 60, prompts_per_step: 8, group_size: 8, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 300, best_of_n_questions: 100 },
+            DemoSize::Quick => RlActConfig { policy_steps: 100, steps: 20, prompts_per_step: 8, group_size: 4, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 200, best_of_n_questions: 40 },
+            DemoSize::Tiny => RlActConfig { policy_steps: 4, steps: 2, prompts_per_step: 2, group_size: 2, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 8, eval_questions: 8, best_of_n_questions: 4 },
         }
+    }
+
+    /// The settings at `size`, with any fields of the JSON object in `GRAMRR_DEMO_RL` put over
+    /// them (for experiments; the report records the settings it ran with).
+    pub fn for_size(size: DemoSize) -> std::result::Result<Self, String> {
+        let base = Self::new(size);
+        let Ok(text) = std::env::var("GRAMRR_DEMO_RL") else { return Ok(base) };
+        let mut v = serde_json::to_value(&base).expect("serializes");
+        let over: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| format!("GRAMRR_DEMO_RL is not a JSON object: {e}"))?;
+        for (k, x) in over {
+            if v.get(&k).is_none() {
+                return Err(format!("GRAMRR_DEMO_RL: unknown setting {k:?}"));
+            }
+            v[k] = x;
+        }
+        serde_json::from_value(v).map_err(|e| format!("GRAMRR_DEMO_RL: {e}"))
     }
 }
 
@@ -101,7 +122,13 @@ pub fn stated_answer(text: &str) -> String {
     text.chars().take(40).collect()
 }
 
-/// A judge of the stated answers.
+/// The question a policy prompt asks (`Q: 63-15? ` → `63-15?`), as the reward models and the
+/// verifier know it: the RMs were trained on pairs whose prompt is the bare question.
+pub fn question_of(prompt: &str) -> &str {
+    prompt.trim().strip_prefix("Q:").unwrap_or(prompt).trim()
+}
+
+/// A judge of the stated answers to the bare question.
 struct AnswerJudge(JudgeReward, String);
 
 impl RewardModel for AnswerJudge {
@@ -112,7 +139,7 @@ impl RewardModel for AnswerJudge {
         let mapped: Vec<RewardGroup> = groups
             .iter()
             .map(|g| RewardGroup {
-                prompt: g.prompt.clone(),
+                prompt: question_of(&g.prompt).to_string(),
                 reference: g.reference.as_deref().map(stated_answer),
                 responses: g.responses.iter().map(|r| stated_answer(r)).collect(),
             })
@@ -156,7 +183,7 @@ fn dedup_questions<'a>(pairs: impl Iterator<Item = &'a gramrr_data::PreferencePa
 pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy: &Path) -> Result<RlActReport> {
     let t0 = Instant::now();
     let cfg = DemoConfig::new(size);
-    let act = RlActConfig::new(size);
+    let act = RlActConfig::for_size(size).map_err(|e| err(out, e))?;
     let run = out.join("run");
     let stage = |s: &str| -> PathBuf { run.join(s).join("model") };
     for dir in [stage("baseline"), stage("final"), policy.to_path_buf()] {
@@ -199,7 +226,7 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
         Ok(Box::new(AnswerJudge(r, "vanilla RM".into())))
     };
     let oracle = || -> Result<Box<dyn RewardModel>> {
-        Ok(Box::new(FnReward::new("gold verifier (oracle)", |q: &str, r: &str, _: Option<&str>| computation_correct(q, r) as u8 as f64)))
+        Ok(Box::new(FnReward::new("gold verifier (oracle)", |q: &str, r: &str, _: Option<&str>| computation_correct(question_of(q), r) as u8 as f64)))
     };
     let grpo = GrpoConfig {
         steps: act.steps,
@@ -207,7 +234,8 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
         group_size: act.group_size,
         lr: act.lr,
         micro_batch: 64,
-        sampling: SamplingParams { max_new_tokens: act.max_new_tokens, temperature: 1.0, ..SamplingParams::default() },
+        sampling: SamplingParams { max_new_tokens: act.max_new_tokens, temperature: act.temperature, ..SamplingParams::default() },
+        loss: gramrr_train::policy::PolicyLossConfig { beta: act.beta, ..Default::default() },
         seed,
         ..GrpoConfig::default()
     };
@@ -245,7 +273,7 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
     let start = Engine::load(&policy.display().to_string(), &opts)?;
     let ids = bon_q.iter().map(|q| start.encode_prompt(&prompt(q))).collect::<std::result::Result<Vec<_>, _>>()?;
     let (reqs, offs): (Vec<Vec<u32>>, Vec<u64>) = ids.iter().enumerate().flat_map(|(i, p)| (0..16).map(move |k| (p.clone(), (i * 16 + k) as u64 + 1_000_000))).unzip();
-    let samples = start.generate_ids(&reqs, &offs, &SamplingParams { max_new_tokens: act.max_new_tokens, temperature: 1.0, seed, ..SamplingParams::default() })?;
+    let samples = start.generate_ids(&reqs, &offs, &SamplingParams { max_new_tokens: act.max_new_tokens, temperature: act.temperature, seed, ..SamplingParams::default() })?;
     let texts: Vec<&str> = samples.iter().map(|o| o.text.as_str()).collect();
     let ns = [1usize, 2, 4, 8, 16];
     let mut best_of_n = vec![];
@@ -289,8 +317,8 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
 impl RlActReport {
     pub fn to_markdown(&self) -> String {
         let mut s = format!(
-            "# Demo, last act: GRPO with each reward ({} size, seed {})\n\nThe starting policy (the backbone's pretraining stopped after {} steps) answers `Q: a±b? ` with its worked steps; the gold verifier checks them. GRPO: {} steps × {} prompts × {} samples, lr {}, β 0.04, full fine-tuning; each RM judges the answer a response states against the starting policy's greedy answer to the same question (reward P(better), one order, reasoning mode).\n\n| reward | gold before | gold after | change | seconds |\n|---|---|---|---|---|\n",
-            self.size, self.seed, self.config.policy_steps, self.config.steps, self.config.prompts_per_step, self.config.group_size, self.config.lr
+            "# Demo, last act: GRPO with each reward ({} size, seed {})\n\nThe starting policy (the backbone's pretraining stopped after {} steps) answers `Q: a±b? ` with its worked steps; the gold verifier checks them. GRPO: {} steps × {} prompts × {} samples, lr {}, temperature {}, β {}, full fine-tuning; each RM judges the answer a response states against the starting policy's greedy answer to the same question (reward P(better), one order, reasoning mode).\n\n| reward | gold before | gold after | change | seconds |\n|---|---|---|---|---|\n",
+            self.size, self.seed, self.config.policy_steps, self.config.steps, self.config.prompts_per_step, self.config.group_size, self.config.lr, self.config.temperature, self.config.beta
         );
         for r in &self.runs {
             s.push_str(&format!("| {} | {:.1}% | {:.1}% | {:+.1} | {:.0} |\n", r.reward, r.gold_before, r.gold_after, r.gold_after - r.gold_before, r.seconds));
@@ -402,4 +430,21 @@ pub fn plot_rl_act(report: &RlActReport, path: &Path) -> Result<()> {
     }
     root.present().map_err(|e| perr(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewards_see_the_bare_question_the_policy_was_asked() {
+        // The policy's prompt is `Q: 63-15? `; the verifier and the RMs parse `63-15?`.
+        let record = PromptRecord { id: "63-15?".into(), prompt: prompt("63-15?"), reference: None };
+        let q = question_of(&record.judge_text()).to_string();
+        let q = q.as_str();
+        assert_eq!(q, "63-15?");
+        assert!(computation_correct(q, "Sure. <think>36-51=84 so 48.</think>"));
+        assert!(!computation_correct("Q: 63-15? ", "<think>36-51=84 so 48.</think>"), "the prompt as given does not parse");
+        assert_eq!(stated_answer("<think>36-51=84 so 48.</think>"), "It is 48.");
+    }
 }
