@@ -70,16 +70,27 @@ impl Problem {
         Some(Problem { a: q[..i].parse().ok()?, b: q[i + 1..].parse().ok()?, op })
     }
 
+    /// The result with carries and borrows dropped: each column on its own (sums mod 10,
+    /// differences as |x - y|), the commonest slip in written arithmetic.
+    pub fn no_carry(&self) -> u32 {
+        let (a, b) = (self.a as i64, self.b as i64);
+        (match self.op {
+            Op::Add => ((a / 10 + b / 10) % 10) * 10 + (a % 10 + b % 10) % 10,
+            Op::Sub => ((a / 10 - b / 10).abs()) * 10 + (a % 10 - b % 10).abs(),
+        }) as u32
+    }
+
+    /// The worked steps of a careless writer who drops carries (`36-51=…` with each column on
+    /// its own): the work and the result agree with each other, and both are wrong wherever a
+    /// carry or borrow was needed.
+    pub fn careless_work(&self) -> String {
+        format!("{}{}{}={}", reversed(self.a), self.sym(), reversed(self.b), reversed(self.no_carry()))
+    }
+
     /// Plausible wrong answers: a dropped carry or borrow, off by one or ten, swapped digits.
     pub fn wrong_answers(&self) -> Vec<u32> {
         let c = self.answer() as i64;
-        let (a, b) = (self.a as i64, self.b as i64);
-        let no_carry = match self.op {
-            // Each column on its own, carries dropped.
-            Op::Add => ((a / 10 + b / 10) % 10) * 10 + (a % 10 + b % 10) % 10,
-            // Each column as |x - y|, borrows ignored.
-            Op::Sub => ((a / 10 - b / 10).abs()) * 10 + (a % 10 - b % 10).abs(),
-        };
+        let no_carry = self.no_carry() as i64;
         let swapped: i64 = reversed(c as u32).parse().unwrap_or(c);
         let mut out: Vec<u32> = [no_carry, c + 1, c - 1, c + 10, c - 10, swapped]
             .into_iter()

@@ -1,7 +1,7 @@
 //! The demo's last act (opt-in: `gramrr demo --rl`): put the reward models to work on a policy.
 //!
-//! The policy is an earlier checkpoint of the backbone's pretraining (stage `policy`: the same
-//! pretraining stopped early, so it works only some sums out right), asked `Q: 63-15? ` as in its pretraining text; it
+//! The policy is a weaker checkpoint (stage `policy`: the backbone fine-tuned on answers from
+//! careless writers who mostly drop carries, so it has the skill and a habit that hides it), asked `Q: 63-15? ` as in its pretraining text; it
 //! answers with its worked steps (`<think>36-51=84 so 48.</think>`), and the world's gold
 //! verifier checks the stated computation ([`computation_correct`]). It is trained with GRPO
 //! three times, on the same prompts and compute, rewarded by the final GRAM-R² model, by the
@@ -31,9 +31,10 @@ use crate::progress::note;
 /// The settings of the act at each demo size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RlActConfig {
-    /// Pretraining steps of the starting policy (the backbone takes more): at full size 400 of
-    /// the backbone's 800 leave a policy that works about a third of the test sums out right.
+    /// Fine-tuning steps that teach the starting policy its careless habit.
     pub policy_steps: usize,
+    /// Share of the policy's fine-tuning answers with carries dropped.
+    pub careless: f64,
     pub steps: usize,
     pub prompts_per_step: usize,
     pub group_size: usize,
@@ -46,14 +47,22 @@ pub struct RlActConfig {
     /// Held-out questions for gold accuracy (greedy) and for best-of-n.
     pub eval_questions: usize,
     pub best_of_n_questions: usize,
+    /// Which rewards to train with, by slug (`gram-rr`, `vanilla`, `oracle`); the targets need
+    /// the first two.
+    #[serde(default = "all_rewards")]
+    pub rewards: Vec<String>,
+}
+
+fn all_rewards() -> Vec<String> {
+    ["gram-rr", "vanilla", "oracle"].map(String::from).to_vec()
 }
 
 impl RlActConfig {
     pub fn new(size: DemoSize) -> Self {
         match size {
-            DemoSize::Full => RlActConfig { policy_steps: 400, steps: 60, prompts_per_step: 8, group_size: 8, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 300, best_of_n_questions: 100 },
-            DemoSize::Quick => RlActConfig { policy_steps: 100, steps: 20, prompts_per_step: 8, group_size: 4, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 200, best_of_n_questions: 40 },
-            DemoSize::Tiny => RlActConfig { policy_steps: 4, steps: 2, prompts_per_step: 2, group_size: 2, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 8, eval_questions: 8, best_of_n_questions: 4 },
+            DemoSize::Full => RlActConfig { policy_steps: 100, careless: 0.7, steps: 60, prompts_per_step: 8, group_size: 8, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 300, best_of_n_questions: 100, rewards: all_rewards() },
+            DemoSize::Quick => RlActConfig { policy_steps: 40, careless: 0.7, steps: 20, prompts_per_step: 8, group_size: 4, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 200, best_of_n_questions: 40, rewards: all_rewards() },
+            DemoSize::Tiny => RlActConfig { policy_steps: 4, careless: 0.7, steps: 2, prompts_per_step: 2, group_size: 2, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 8, eval_questions: 8, best_of_n_questions: 4, rewards: all_rewards() },
         }
     }
 
@@ -173,6 +182,12 @@ fn gold_accuracy(engine: &Engine, questions: &[String], max_new_tokens: usize) -
     Ok((100.0 * right as f64 / questions.len().max(1) as f64, outs.into_iter().map(|o| o.text).collect()))
 }
 
+/// The act's training questions (the policy's fine-tuning and GRPO's prompts): one pass over as
+/// many of the labeled and unlabeled sets' questions as the run asks for, none from the test set.
+pub fn policy_questions(domain: &Domain, act: &RlActConfig) -> Vec<String> {
+    dedup_questions(domain.labeled.iter().chain(&domain.unlabeled)).into_iter().take(act.steps * act.prompts_per_step).collect()
+}
+
 fn dedup_questions<'a>(pairs: impl Iterator<Item = &'a gramrr_data::PreferencePair>) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     pairs.map(|p| p.prompt.as_text()).filter(|q| seen.insert(q.clone())).collect()
@@ -191,9 +206,7 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
             return Err(err(out, format!("{} is missing: run the demo first (same --out, --seed and size)", dir.display())));
         }
     }
-    // One pass over as many training questions as the run asks for.
-    let train_q: Vec<String> =
-        dedup_questions(domain.labeled.iter().chain(&domain.unlabeled)).into_iter().take(act.steps * act.prompts_per_step).collect();
+    let train_q = policy_questions(domain, &act);
     let test_q: Vec<String> = dedup_questions(domain.test.iter()).into_iter().take(act.eval_questions).collect();
     let bon_q: Vec<String> = test_q.iter().take(act.best_of_n_questions).cloned().collect();
     let opts = LoadOptions {
@@ -242,6 +255,9 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
     let mut runs = vec![];
     let builders: [(&str, &dyn Fn() -> Result<Box<dyn RewardModel>>); 3] = [("gram-rr", &gram), ("vanilla", &vanilla), ("oracle", &oracle)];
     for (slug, build) in builders {
+        if !act.rewards.iter().any(|r| r == slug) {
+            continue;
+        }
         let t = Instant::now();
         let reward = build()?;
         let engine = Engine::load(&policy.display().to_string(), &opts)?;
@@ -298,11 +314,18 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
         .collect();
     best_of_n.push(BestOfN { selector: "gold verifier (oracle)".into(), accuracy: oracle_acc });
 
-    let (g, v) = (&runs[0], &runs[1]);
+    // A target whose runs were left out (GRAMRR_DEMO_RL's `rewards`) is reported as not met.
+    let gain = |name: &str| runs.iter().find(|r| r.reward == name).map(|r| (r.gold_after - r.gold_before, r.gold_after));
     let bo16 = |k: usize| best_of_n[k].accuracy.last().map_or(f64::NAN, |x| x.1);
+    let (g, v) = (gain("GRAM-R² final"), gain("vanilla RM"));
+    let shown = |x: Option<f64>| x.map_or("not run".to_string(), |x| format!("{x:+.1}"));
     let targets = vec![
-        ("policy trained on GRAM-R² gains ≥ 10 points of gold accuracy".to_string(), g.gold_after - g.gold_before >= 10.0, format!("{:+.1}", g.gold_after - g.gold_before)),
-        ("it ends ≥ 5 points above the policy trained on the vanilla RM".to_string(), g.gold_after - v.gold_after >= 5.0, format!("{:+.1}", g.gold_after - v.gold_after)),
+        ("policy trained on GRAM-R² gains ≥ 10 points of gold accuracy".to_string(), g.is_some_and(|g| g.0 >= 10.0), shown(g.map(|g| g.0))),
+        (
+            "it ends ≥ 5 points above the policy trained on the vanilla RM".to_string(),
+            g.zip(v).is_some_and(|(g, v)| g.1 - v.1 >= 5.0),
+            shown(g.zip(v).map(|(g, v)| g.1 - v.1)),
+        ),
         ("GRAM-R²'s best-of-16 beats the vanilla RM's".to_string(), bo16(0) > bo16(1), format!("{:.1} vs {:.1}", bo16(0), bo16(1))),
     ];
     let report = RlActReport { size: size.as_str().into(), seed, config: act, runs, best_of_n, targets, seconds: t0.elapsed().as_secs_f64() };
@@ -317,8 +340,8 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
 impl RlActReport {
     pub fn to_markdown(&self) -> String {
         let mut s = format!(
-            "# Demo, last act: GRPO with each reward ({} size, seed {})\n\nThe starting policy (the backbone's pretraining stopped after {} steps) answers `Q: a±b? ` with its worked steps; the gold verifier checks them. GRPO: {} steps × {} prompts × {} samples, lr {}, temperature {}, β {}, full fine-tuning; each RM judges the answer a response states against the starting policy's greedy answer to the same question (reward P(better), one order, reasoning mode).\n\n| reward | gold before | gold after | change | seconds |\n|---|---|---|---|---|\n",
-            self.size, self.seed, self.config.policy_steps, self.config.steps, self.config.prompts_per_step, self.config.group_size, self.config.lr, self.config.temperature, self.config.beta
+            "# Demo, last act: GRPO with each reward ({} size, seed {})\n\nThe starting policy (the backbone fine-tuned {} steps on answers that drop carries {}% of the time) answers `Q: a±b? ` with its worked steps; the gold verifier checks them. GRPO: {} steps × {} prompts × {} samples, lr {}, temperature {}, β {}, full fine-tuning; each RM judges the answer a response states against the starting policy's greedy answer to the same question (reward P(better), one order, reasoning mode).\n\n| reward | gold before | gold after | change | seconds |\n|---|---|---|---|---|\n",
+            self.size, self.seed, self.config.policy_steps, 100.0 * self.config.careless, self.config.steps, self.config.prompts_per_step, self.config.group_size, self.config.lr, self.config.temperature, self.config.beta
         );
         for r in &self.runs {
             s.push_str(&format!("| {} | {:.1}% | {:.1}% | {:+.1} | {:.0} |\n", r.reward, r.gold_before, r.gold_after, r.gold_after - r.gold_before, r.seconds));
