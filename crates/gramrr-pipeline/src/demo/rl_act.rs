@@ -137,7 +137,12 @@ pub fn question_of(prompt: &str) -> &str {
     prompt.trim().strip_prefix("Q:").unwrap_or(prompt).trim()
 }
 
-/// A judge of the stated answers to the bare question.
+/// A judge of the stated answers to the bare question, within each group: the distinct
+/// answers of a group meet in a round robin (Bradley–Terry scores) and each response gets its
+/// answer's score. Identical answers are never put to the judge (a tie by definition), and a
+/// group that states one answer has nothing to compare (all rewards 0, no gradient). Judging
+/// against a reference answer does not work here: the starting policy's own answers are mostly
+/// wrong, and two wrong or two identical answers give the judge nothing to tell apart.
 struct AnswerJudge(JudgeReward, String);
 
 impl RewardModel for AnswerJudge {
@@ -145,15 +150,35 @@ impl RewardModel for AnswerJudge {
         self.1.clone()
     }
     fn rewards(&self, groups: &[RewardGroup]) -> gramrr_rl::Result<RewardBatch> {
-        let mapped: Vec<RewardGroup> = groups
+        let mut distinct: Vec<RewardGroup> = vec![];
+        let mut slots: Vec<Option<(usize, Vec<usize>)>> = vec![];
+        for g in groups {
+            let answers: Vec<String> = g.responses.iter().map(|r| stated_answer(r)).collect();
+            let mut unique: Vec<String> = vec![];
+            let index: Vec<usize> = answers
+                .iter()
+                .map(|a| unique.iter().position(|u| u == a).unwrap_or_else(|| {
+                    unique.push(a.clone());
+                    unique.len() - 1
+                }))
+                .collect();
+            if unique.len() < 2 {
+                slots.push(None);
+            } else {
+                slots.push(Some((distinct.len(), index)));
+                distinct.push(RewardGroup { prompt: question_of(&g.prompt).to_string(), reference: None, responses: unique });
+            }
+        }
+        let judged = if distinct.is_empty() { RewardBatch { rewards: vec![], calls: 0, parts: vec![] } } else { self.0.rewards(&distinct)? };
+        let rewards = groups
             .iter()
-            .map(|g| RewardGroup {
-                prompt: question_of(&g.prompt).to_string(),
-                reference: g.reference.as_deref().map(stated_answer),
-                responses: g.responses.iter().map(|r| stated_answer(r)).collect(),
+            .zip(&slots)
+            .map(|(g, slot)| match slot {
+                None => vec![0.0; g.responses.len()],
+                Some((k, index)) => index.iter().map(|&u| judged.rewards[*k][u]).collect(),
             })
             .collect();
-        self.0.rewards(&mapped)
+        Ok(RewardBatch { rewards, calls: judged.calls, parts: vec![] })
     }
 }
 
@@ -219,23 +244,16 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
     std::fs::create_dir_all(&rl_dir).map_err(|e| PipelineError::io(&rl_dir, e))?;
     let start = Engine::load(&policy.display().to_string(), &opts)?;
     let gold_before = gold_accuracy(&start, &test_q, act.max_new_tokens)?.0;
-    // The reference each response is judged against: the starting policy's greedy answer
-    // (GRAM v1's suggestion), so the proxy reward is absolute and its drift over the steps shows.
-    let references = gold_accuracy(&start, &train_q, act.max_new_tokens)?.1;
     drop(start);
-    let prompts: Vec<PromptRecord> = train_q
-        .iter()
-        .zip(references)
-        .map(|(q, r)| PromptRecord { id: q.clone(), prompt: prompt(q), reference: Some(r) })
-        .collect();
+    let prompts: Vec<PromptRecord> = train_q.iter().map(|q| PromptRecord { id: q.clone(), prompt: prompt(q), reference: None }).collect();
     note(format!("RL act: the starting policy gets {gold_before:.1}% of {} held-out questions right", test_q.len()));
 
     let gram = || -> Result<Box<dyn RewardModel>> {
-        let r = JudgeReward::new(judge(&stage("final"), &opts)?);
+        let r = JudgeReward { use_reference: false, ..JudgeReward::new(judge(&stage("final"), &opts)?) };
         Ok(Box::new(AnswerJudge(r, "GRAM-R² final".into())))
     };
     let vanilla = || -> Result<Box<dyn RewardModel>> {
-        let r = JudgeReward::new(judge(&stage("baseline"), &opts)?);
+        let r = JudgeReward { use_reference: false, ..JudgeReward::new(judge(&stage("baseline"), &opts)?) };
         Ok(Box::new(AnswerJudge(r, "vanilla RM".into())))
     };
     let oracle = || -> Result<Box<dyn RewardModel>> {
@@ -340,7 +358,7 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
 impl RlActReport {
     pub fn to_markdown(&self) -> String {
         let mut s = format!(
-            "# Demo, last act: GRPO with each reward ({} size, seed {})\n\nThe starting policy (the backbone fine-tuned {} steps on answers that drop carries {}% of the time) answers `Q: a±b? ` with its worked steps; the gold verifier checks them. GRPO: {} steps × {} prompts × {} samples, lr {}, temperature {}, β {}, full fine-tuning; each RM judges the answer a response states against the starting policy's greedy answer to the same question (reward P(better), one order, reasoning mode).\n\n| reward | gold before | gold after | change | seconds |\n|---|---|---|---|---|\n",
+            "# Demo, last act: GRPO with each reward ({} size, seed {})\n\nThe starting policy (the backbone fine-tuned {} steps on answers that drop carries {}% of the time) answers `Q: a±b? ` with its worked steps; the gold verifier checks them. GRPO: {} steps × {} prompts × {} samples, lr {}, temperature {}, β {}, full fine-tuning; each RM judges the distinct answers the group's responses state against each other in a round robin (Bradley–Terry scores; one order placed by content, reasoning mode).\n\n| reward | gold before | gold after | change | seconds |\n|---|---|---|---|---|\n",
             self.size, self.seed, self.config.policy_steps, 100.0 * self.config.careless, self.config.steps, self.config.prompts_per_step, self.config.group_size, self.config.lr, self.config.temperature, self.config.beta
         );
         for r in &self.runs {
