@@ -76,7 +76,16 @@ impl Server {
     fn start(file: &Path, log: PathBuf) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("python3")
+        let mut cmd = Command::new("python3");
+        // Drop kills it on every path out of the test, panics included; a test process that is
+        // itself killed runs no Drop, so the kernel sends the server SIGTERM then.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(["-m", "llama_cpp.server", "--host", "127.0.0.1", "--port", &port.to_string(), "--n_ctx", "2048", "--n_threads", "2"])
             .arg("--model")
             .arg(file)
