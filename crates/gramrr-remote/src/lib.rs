@@ -816,6 +816,29 @@ mod tests {
     }
 
     #[test]
+    fn a_text_prompt_retokenized_to_another_length_is_refused() {
+        let v = json!({"choices": [{"text": "x"}], "usage": {"prompt_tokens": 6}});
+        assert!(check_retokenized(&v, 6, false).is_ok());
+        assert!(check_retokenized(&v, 7, true).is_ok(), "token-id prompts are sent as they are");
+        let err = check_retokenized(&v, 7, false).unwrap_err().to_string();
+        assert!(err.contains("into 6 tokens where gramrr has 7"), "{err}");
+        // A server that reports no usage cannot be checked, and is not refused for it.
+        assert!(check_retokenized(&json!({"choices": []}), 7, false).is_ok());
+    }
+
+    #[test]
+    fn llama_cpp_sampling_defaults_are_overridden_only_for_text_prompt_servers() {
+        let mut body = json!({"temperature": 0.0});
+        llamacpp_neutral(&mut body, 0, true);
+        assert_eq!(body, json!({"temperature": 0.0}));
+        llamacpp_neutral(&mut body, 5, false);
+        assert_eq!(body, json!({"temperature": 0.0, "top_k": 5, "min_p": 0.0, "repeat_penalty": 1.0}));
+        let f = forced_body("m", json!("text"), 42, false);
+        assert_eq!(f["logit_bias"], json!({"42": 100.0}));
+        assert_eq!((f["max_tokens"].as_u64(), f["logprobs"].as_u64()), (Some(1), Some(1)));
+    }
+
+    #[test]
     fn vllm_prompt_logprobs_are_read_by_token_id() {
         let v = json!({"choices": [{"index": 0, "text": "", "prompt_logprobs": [null, {"7": {"logprob": -0.5, "rank": 1}, "3": {"logprob": -0.1}}, {"9": -2.0}]}]});
         assert_eq!(prompt_logprobs(&v, &[1, 7, 9]).unwrap(), vec![None, Some(-0.5), Some(-2.0)]);
