@@ -11,7 +11,7 @@
 # then `gramrr bench engine --device cuda` on the Llama fixture (JSON into $OUT).
 #
 #   bash tools/gpu_check.sh [GRAMRR_BINARY]   (default target/cuda/release/gramrr)
-# Prints one line per check and "gpu_check: all passed" or exits non-zero. About a minute.
+# Prints one line per check and "gpu_check: all passed" or exits non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 G="${1:-target/cuda/release/gramrr}"
