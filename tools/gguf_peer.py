@@ -6,6 +6,16 @@
   python3 tools/gguf_peer.py reference FILE.gguf OUT.json
       What llama.cpp computes on FILE: token ids of TEXTS, 32 greedy tokens after PROMPTS
       (with the top-2 logit gap at each step), and per-token log-probs of SCORED.
+  python3 tools/gguf_peer.py direct FILE.gguf < REQUESTS.json
+      llama.cpp answering token-id requests directly (no server), JSON on stdout:
+      {"texts": [str]} -> tokens of each (special tokens parsed, no BOS added);
+      {"greedy": [{"ids", "max_tokens"}]} -> argmax continuation, stopped at an end-of-generation
+      token as llama.cpp's server stops; {"score": [{"ids", "from"}]} -> log-probs of ids[from:] ("whole": one pass;
+      "stepwise": the prompt, then one token per pass);
+      {"next": [{"ids" or "text", "cands"}]} -> log-probs of each candidate as the next token
+      (a text tokenized by llama.cpp).
+      crates/gramrr-remote/tests/llamacpp_server.rs compares gramrr through llama.cpp's server
+      with these.
   python3 tools/gguf_peer.py bench FILE.gguf THREADS
       Prompt processing (512 tokens) and decoding (batch 1, 128 tokens), tokens/s, as JSON.
 
@@ -80,6 +90,48 @@ def reference(path, out):
     print(f"wrote {out}")
 
 
+def direct(path):
+    import numpy as np
+    import llama_cpp
+    req = json.load(sys.stdin)
+    llm = load(path, n_ctx=2048)
+    out = {"texts": [tok(llm, t) for t in req.get("texts", [])], "greedy": [], "score": [], "next": []}
+    for g in req.get("greedy", []):
+        llm.reset()
+        llm.eval(g["ids"])
+        gen, finish = [], "length"
+        for _ in range(g["max_tokens"]):
+            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, nxt):
+                finish = "stop"
+                break
+            gen.append(nxt)
+            llm.eval([nxt])
+        out["greedy"].append({"ids": gen, "finish": finish, "text": llm.detokenize(gen, prev_tokens=g["ids"]).decode("utf-8", errors="ignore")})
+    for s in req.get("score", []):
+        ids, start = s["ids"], s["from"]
+        # Two batchings of the same tokens: the whole sequence in one pass, and the prompt then
+        # one token per pass (as a server scores token by token). llama.cpp's kernels differ
+        # by batch size, so these differ a little: llama.cpp's own spread.
+        llm.reset()
+        llm.eval(ids)
+        whole = [float(log_softmax(llm.scores[j - 1])[ids[j]]) for j in range(start, len(ids))]
+        llm.reset()
+        llm.eval(ids[:start])
+        stepwise = []
+        for j in range(start, len(ids)):
+            stepwise.append(float(log_softmax(llm.scores[j - 1])[ids[j]]))
+            llm.eval([ids[j]])
+        out["score"].append({"whole": whole, "stepwise": stepwise})
+    for n in req.get("next", []):
+        ids = n["ids"] if "ids" in n else tok(llm, n["text"])
+        llm.reset()
+        llm.eval(ids)
+        row = log_softmax(llm.scores[len(ids) - 1])
+        out["next"].append([float(row[c]) for c in n["cands"]])
+    json.dump(out, sys.stdout)
+
+
 def quantize(src, dst, kind):
     import llama_cpp
     ftype = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[kind]
@@ -119,4 +171,4 @@ def bench(path, threads):
 
 if __name__ == "__main__":
     cmd = sys.argv[1]
-    {"reference": reference, "quantize": quantize, "bench": bench}[cmd](*sys.argv[2:])
+    {"reference": reference, "quantize": quantize, "bench": bench, "direct": direct}[cmd](*sys.argv[2:])

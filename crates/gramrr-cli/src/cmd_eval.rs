@@ -92,7 +92,8 @@ pub struct SourceArgs {
     /// servers, `http://host:port/v1[,http://…]` (then give --tokenizer).
     #[arg(long, value_name = "DIR|URL", group = "source")]
     pub model: Option<PathBuf>,
-    /// With a server --model: the model's tokenizer directory or `org/name`.
+    /// With a server --model: the model's tokenizer directory, `org/name` or `.gguf` file
+    /// [default: the served model's name where that is a .gguf file on this machine].
     #[arg(long, requires = "model")]
     pub tokenizer: Option<String>,
     /// With a server --model: the served model name [default: the first /v1/models lists].

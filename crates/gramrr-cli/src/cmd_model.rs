@@ -23,7 +23,8 @@ pub struct ModelArgs {
     /// format: Llama, Qwen2 or Qwen3 with a byte-level BPE tokenizer; config, tokenizer and chat
     /// template come from the file). Nothing is ever downloaded.
     /// Or OpenAI-compatible servers of the model: `http://host:port/v1` (vLLM, SGLang,
-    /// llama.cpp's server, gramrr serve), comma-separated for replicas; then give --tokenizer.
+    /// llama.cpp's server, gramrr serve), comma-separated for replicas; then give --tokenizer
+    /// (not needed for a llama.cpp server of a .gguf file on this machine).
     /// The API key comes from GRAMRR_API_KEY or OPENAI_API_KEY.
     #[arg(long)]
     pub model: String,
@@ -32,8 +33,10 @@ pub struct ModelArgs {
     /// and faster decoding, log-probs within the format's tolerance of the f32 computation.
     #[arg(long)]
     pub dequantize: bool,
-    /// With a server --model: the model's tokenizer (directory or `org/name`), for its chat
-    /// template and label tokens; prompts go to the server as token ids.
+    /// With a server --model: the model's tokenizer (directory, `org/name` or a `.gguf` file),
+    /// for its chat template and label tokens; prompts go to the server as token ids (as text
+    /// where it takes only text) [default: the served model's name where that is a .gguf file
+    /// on this machine, as llama.cpp's server lists it].
     #[arg(long)]
     pub tokenizer: Option<String>,
     /// With a server --model: the `model` name to request [default: the first one the
@@ -94,10 +97,7 @@ impl ModelArgs {
 
     pub fn remote(&self, needs: gramrr_remote::Needs) -> Result<gramrr_remote::RemoteBackend> {
         let urls = gramrr_remote::parse_urls(&self.model)?;
-        let tokenizer = self
-            .tokenizer
-            .clone()
-            .with_context(|| format!("--model {} is a server: give --tokenizer DIR|org/name (the model's own tokenizer)", self.model))?;
+        let tokenizer = self.tokenizer.clone().unwrap_or_default();
         let mut cfg = gramrr_remote::RemoteConfig::new(urls, tokenizer);
         cfg.served_model = self.served_model.clone();
         cfg.needs = needs;

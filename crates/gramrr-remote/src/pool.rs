@@ -151,6 +151,15 @@ impl Pool {
         serde_json::from_str(&text).map_err(|e| format!("GET {url}: not JSON ({e}): {}", clip(&text)))
     }
 
+    /// One POST, one attempt: for a request form the server may refuse with a 5xx that retrying
+    /// cannot change (llama-cpp-python answers a token-id `prompt` with a 500 validation error).
+    pub fn post_one_attempt(&self, replica: usize, path: &str, body: &Value) -> Result<Value, String> {
+        match self.attempt(&self.agent, replica, path, body) {
+            Ok(v) => Ok(v),
+            Err(Failure::Unreachable(m) | Failure::Retry(m) | Failure::Fatal(m)) => Err(m),
+        }
+    }
+
     /// One POST to one replica, retried (with backoff) on 429 and 5xx only: the probe's
     /// requests, where any other refusal means the capability is missing.
     pub fn post_once(&self, replica: usize, path: &str, body: &Value) -> Result<Value, String> {
