@@ -17,13 +17,14 @@
 //! the integer kernels, which read the weights at their quantized size.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
+use crate::qkernels;
 
 /// Rows per slice are a multiple of this, so that each slice keeps candle's 16-row tiling.
 const ROW_ALIGN: usize = 16;
@@ -32,6 +33,37 @@ const ROW_ALIGN: usize = 16;
 const MAX_SLICE_VALUES: usize = 4 << 20;
 /// From this many input rows on, matmuls dequantize and use the f32 GEMM.
 pub const DENSE_MIN_ROWS: usize = 32;
+
+/// The kernels to use for `dtype` on few rows, or None for candle's: `GRAMRR_QKERNELS=off`
+/// keeps candle's (to compare), `=avx2` or `=scalar` caps the instruction set.
+fn kernel_isa(dtype: GgmlDType) -> Option<qkernels::Isa> {
+    static CHOICE: OnceLock<Option<qkernels::Isa>> = OnceLock::new();
+    let isa = *CHOICE.get_or_init(|| {
+        let best = qkernels::detected_isa();
+        match std::env::var("GRAMRR_QKERNELS").unwrap_or_default().as_str() {
+            "off" => None,
+            "scalar" => Some(qkernels::Isa::Scalar),
+            "avx2" if best != qkernels::Isa::Scalar => Some(qkernels::Isa::Avx2),
+            _ => Some(best),
+        }
+    });
+    isa.filter(|_| qkernels::supports(dtype))
+}
+
+/// Whether candle has its AVX512-VNNI 16-row tiled kernel for this product (rows a multiple
+/// of 256 values, 16-row tiles; the test of candle's `repack_x86::select`, and our slices are
+/// multiples of 16 rows).
+/// It beats ours there (`examples/qkernel_bench.rs`: 576x1536 Q4_K 14 µs against 70 µs).
+fn candle_tiled(dtype: GgmlDType, m: usize, n: usize, k: usize) -> bool {
+    k % 256 == 0
+        && n % 16 == 0
+        && qkernels::detected_isa() == qkernels::Isa::Vnni
+        && match dtype {
+            GgmlDType::Q4K | GgmlDType::Q8_0 => true,
+            GgmlDType::Q6K => m > 1,
+            _ => false,
+        }
+}
 
 /// A quantized (N, K) weight, applied as `x Wᵀ`.
 #[derive(Clone)]
@@ -119,6 +151,9 @@ impl QuantLinear {
             *dims.last_mut().expect("rank ≥ 1") = self.n;
             return Ok(Tensor::cat(&outs, 1)?.reshape(dims)?);
         }
+        if let Some(isa) = kernel_isa(self.dtype).filter(|_| x.device().is_cpu() && !candle_tiled(self.dtype, m, self.n, self.k)) {
+            return self.forward_kernels(&x, m, isa);
+        }
         if self.parts.len() == 1 {
             return Ok(x.apply_op1_no_bwd(self.parts[0].0.as_ref())?);
         }
@@ -128,6 +163,34 @@ impl QuantLinear {
             .map(|(p, _)| x.apply_op1_no_bwd(p.as_ref()))
             .collect::<candle_core::Result<_>>()?;
         Ok(Tensor::cat(&outs, x.rank() - 1)?)
+    }
+
+    /// The few-rows product on gramrr's own integer kernels ([`crate::qkernels`]).
+    fn forward_kernels(&self, x: &Tensor, m: usize, isa: qkernels::Isa) -> Result<Tensor> {
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let xq = qkernels::QuantizedRows::new(&xs, self.k);
+        // (N, M): each weight row's results side by side, so threads write disjoint slices.
+        let mut out_t = vec![0f32; self.n * m];
+        let mut start = 0;
+        for (p, rows) in &self.parts {
+            let bytes = p.data()?;
+            qkernels::matmul_t(self.dtype, &bytes, *rows, &xq, &mut out_t[start * m..(start + rows) * m], isa);
+            start += rows;
+        }
+        let out = if m == 1 {
+            out_t
+        } else {
+            let mut out = vec![0f32; m * self.n];
+            for (i, row) in out_t.chunks_exact(m).enumerate() {
+                for (r, v) in row.iter().enumerate() {
+                    out[r * self.n + i] = *v;
+                }
+            }
+            out
+        };
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank ≥ 1") = self.n;
+        Ok(Tensor::from_vec(out, dims, &x.device().clone())?)
     }
 
     /// Rows `ids` of the weight, dequantized: (len, K). The embedding lookup.
