@@ -14,6 +14,7 @@ OUT="${OUT:-target/bench_gguf}"
 mkdir -p "$OUT"
 cargo build --release -p gramrr-cli >/dev/null
 G=target/release/gramrr
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 export RAYON_NUM_THREADS="$THREADS"
 FILES="${FILES:-smollm2.q8_0.gguf smollm2.q4_k_m.gguf SmolLM2-135M-Instruct.Q4_1.gguf}"
 for f in $FILES; do
@@ -27,15 +28,17 @@ done
 f0=$(echo $FILES | cut -d' ' -f1)
 $G bench engine --model "$DIR/$f0" --dequantize --score-batch 1 --score-len 512 --prompt-len 128 --new-tokens 128 \
    --decode-batches 1,8 --skip gemm --reps 2 --output "$OUT/gramrr.f32.json" >/dev/null 2>&1
-python3 - "$OUT" "$THREADS" $FILES <<'PY'
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+python3 - "$OUT" "$THREADS" "$LOAD_START" "$LOAD_END" $FILES <<'PY'
 import json, os, sys, platform
-out, threads, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+out, threads, load0, load1, files = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 def j(p):
     p = os.path.join(out, p)
     return json.load(open(p)) if os.path.exists(p) else None
 f32 = j("gramrr.f32.json")
-print(f"CPU: {cpu}, {threads} threads. Model: SmolLM2-135M-Instruct.\n")
+print(f"CPU: {cpu}, {threads} threads. Model: SmolLM2-135M-Instruct.")
+print(f"Load average (1, 5, 15 min) at the start: {load0}; at the end: {load1}.\n")
 print("| file | gramrr pp512 tok/s | llama.cpp pp512 | ratio | gramrr decode b1 tok/s | llama.cpp b1 | ratio | gramrr b8 | gramrr b1 / own f32 b1 |")
 print("|---|---|---|---|---|---|---|---|---|")
 for f in files:

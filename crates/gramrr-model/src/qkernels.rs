@@ -26,6 +26,10 @@
 //! product of 32 u8×i8 pairs (`vpdpbusd` with AVX512-VNNI, `vpmaddubsw`+`vpmaddwd` with AVX2)
 //! and a few float operations. Q8_0's weights are signed; they go through the same unsigned
 //! instruction as `|w|·sign(q, w)` (AVX2's `vpmaddubsw` would saturate on `(w+128)·q`).
+//! The SIMD kernels take 4 weight rows at a time (the activation chunk is loaded once for
+//! them, and their accumulators are independent dependency chains) against up to 4 input rows
+//! (2 with AVX2's 16 registers), and rayon splits the weight rows into tasks.
+//!
 //! The 8-bit rounding of the activations is the only difference from the f32 product of the
 //! dequantized weights (llama.cpp does the same). A scalar version of the same arithmetic runs
 //! on other CPUs and is the tests' oracle.
@@ -41,7 +45,7 @@ const QK: usize = 32;
 /// Which instruction set the kernels use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
-    /// AVX512-VNNI on 256-bit vectors (`vpdpbusd`), plus AVX2, FMA and F16C.
+    /// AVX512-VNNI on 256-bit vectors (`vpdpbusd`), AVX512-BW/VL masks, AVX2, FMA and F16C.
     Vnni,
     /// AVX2 `vpmaddubsw`, FMA, F16C.
     Avx2,
@@ -55,7 +59,8 @@ pub fn detected_isa() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
-            if avx2 && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512f") {
+            let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512bw");
+            if avx2 && avx512 && is_x86_feature_detected!("avx512vnni") {
                 return Isa::Vnni;
             }
             if avx2 {
@@ -127,10 +132,19 @@ impl QuantizedRows {
     }
 }
 
+/// Whether this CPU can run `isa`.
+pub fn available(isa: Isa) -> bool {
+    match (isa, detected_isa()) {
+        (Isa::Scalar, _) | (Isa::Avx2, Isa::Avx2 | Isa::Vnni) | (Isa::Vnni, Isa::Vnni) => true,
+        _ => false,
+    }
+}
+
 /// `out[n·m + r] = Σ_k W[n, k]·x[r, k]` for the `rows` weight rows in `w` (GGUF block bytes of
 /// `dtype`, rows of `xq.k` values): the product transposed, (rows, m). Threads over weight
 /// rows with rayon.
 pub fn matmul_t(dtype: GgmlDType, w: &[u8], rows: usize, xq: &QuantizedRows, out: &mut [f32], isa: Isa) {
+    assert!(available(isa), "{isa:?} kernels on a CPU without them");
     let (bv, bb) = block_bytes(dtype).expect("supported dtype");
     let k = xq.k;
     assert_eq!(k % bv, 0, "{dtype:?} rows of {k} values");
@@ -146,7 +160,11 @@ pub fn matmul_t(dtype: GgmlDType, w: &[u8], rows: usize, xq: &QuantizedRows, out
         for (i, o) in out.chunks_mut(WROWS * m).enumerate() {
             let first = n0 + i * WROWS;
             let count = o.len() / m;
-            row_dots(dtype, &w[first * row_bytes..(first + count) * row_bytes], row_bytes, xq, o, isa);
+            // The tile two ahead, which the SIMD kernels prefetch: a decoding step streams
+            // the whole weight from memory once, and the hardware prefetcher alone left the
+            // loads of the weight bytes as the top stall (perf annotate of a Q8_0 decode).
+            let ahead = &w[((first + 2 * WROWS) * row_bytes).min(w.len())..((first + 3 * WROWS) * row_bytes).min(w.len())];
+            row_dots(dtype, &w[first * row_bytes..(first + count) * row_bytes], row_bytes, ahead, xq, o, isa);
         }
     });
 }
@@ -156,20 +174,21 @@ pub fn matmul_t(dtype: GgmlDType, w: &[u8], rows: usize, xq: &QuantizedRows, out
 const WROWS: usize = 4;
 
 /// Up to [`WROWS`] consecutive weight rows (`row_bytes` each) against every input row.
-fn row_dots(dtype: GgmlDType, rows: &[u8], row_bytes: usize, xq: &QuantizedRows, out: &mut [f32], isa: Isa) {
+fn row_dots(dtype: GgmlDType, rows: &[u8], row_bytes: usize, ahead: &[u8], xq: &QuantizedRows, out: &mut [f32], isa: Isa) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Vnni => {
-            // SAFETY: `detected_isa` (or the caller's test, which checks the same) saw these
-            // features; the row lengths were checked against the block count in `matmul_t`.
-            unsafe { vnni::row_dots(dtype, rows, row_bytes, xq, out) }
+            // SAFETY: `matmul_t` checked that the CPU has these features, and the row lengths
+            // against the block count.
+            unsafe { vnni::row_dots(dtype, rows, row_bytes, ahead, xq, out) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             // SAFETY: as above, for AVX2/FMA/F16C.
-            unsafe { avx2::row_dots(dtype, rows, row_bytes, xq, out) }
+            unsafe { avx2::row_dots(dtype, rows, row_bytes, ahead, xq, out) }
         }
         _ => {
+            let _ = ahead;
             for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(xq.m)) {
                 scalar_row_dots(dtype, row, xq, o);
             }
@@ -315,7 +334,7 @@ macro_rules! legacy_kernel {
 
 #[cfg(target_arch = "x86_64")]
 macro_rules! simd_kernels {
-    ($name:ident, $features:literal, $xtile:expr, $dot:item) => {
+    ($name:ident, $features:literal, $xtile:expr, $dot:item, $high_bits:item) => {
         mod $name {
             use super::{QuantizedRows, QK};
             use candle_core::quantized::GgmlDType;
@@ -323,14 +342,20 @@ macro_rules! simd_kernels {
 
             $dot
 
+            $high_bits
+
             /// Input rows taken together (their accumulators must fit in the registers).
             const XTILE: usize = $xtile;
 
             use super::WROWS as NW;
 
-            /// `rows` holds 1..=NW weight rows of `row_bytes`; `out` is (rows, m).
+            /// `rows` holds 1..=NW weight rows of `row_bytes`; `out` is (rows, m). `ahead` is
+            /// prefetched.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn row_dots(dtype: GgmlDType, rows: &[u8], row_bytes: usize, xq: &QuantizedRows, out: &mut [f32]) {
+            pub(super) unsafe fn row_dots(dtype: GgmlDType, rows: &[u8], row_bytes: usize, ahead: &[u8], xq: &QuantizedRows, out: &mut [f32]) {
+                for line in (0..ahead.len()).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.as_ptr().add(line) as *const i8);
+                }
                 let count = rows.len() / row_bytes;
                 // Missing rows repeat the last one; their results are dropped.
                 let mut w = [rows.as_ptr(); NW];
@@ -463,17 +488,6 @@ macro_rules! simd_kernels {
                 _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m))
             }
 
-            /// Bit j of the 32-bit little-endian word at `p` → 0x10 in byte j.
-            #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn high_bits(p: *const u8) -> __m256i {
-                let bits = i32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]);
-                let spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
-                let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits), spread);
-                let set = _mm256_cmpeq_epi8(_mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi64x(-1));
-                _mm256_and_si256(set, _mm256_set1_epi8(0x10))
-            }
-
             legacy_kernel!($features, q4_0, 18, false, |b| {
                 let d = f16(b);
                 Ch { u: nibbles(b.add(2)), wv: _mm256_set1_ps(d), ca: -8.0 * d, cb: -8.0 * d }
@@ -571,13 +585,21 @@ macro_rules! simd_kernels {
 #[cfg(target_arch = "x86_64")]
 simd_kernels!(
     vnni,
-    "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+    "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni",
     4,
     /// Σ of 4 u8×i8 products per 32-bit lane, exact (no saturation).
     #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
     #[inline]
     unsafe fn dot(u: __m256i, x: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)
+    }
+,
+    /// Bit j of the 32-bit little-endian word at `p` → 0x10 in byte j: a byte mask.
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw")]
+    #[inline]
+    unsafe fn high_bits(p: *const u8) -> __m256i {
+        let bits = u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]);
+        _mm256_maskz_mov_epi8(bits, _mm256_set1_epi8(0x10))
     }
 );
 
@@ -592,6 +614,18 @@ simd_kernels!(
     #[inline]
     unsafe fn dot(u: __m256i, x: __m256i) -> __m256i {
         _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
+    }
+,
+    /// Bit j of the 32-bit little-endian word at `p` → 0x10 in byte j (llama.cpp's
+    /// `bytes_from_bits_32`: spread the 4 bytes over 8 lanes each, test one bit per lane).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn high_bits(p: *const u8) -> __m256i {
+        let bits = i32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]);
+        let spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+        let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits), spread);
+        let set = _mm256_cmpeq_epi8(_mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi64x(-1));
+        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
     }
 );
 
@@ -612,17 +646,7 @@ mod tests {
     }
 
     fn isas() -> Vec<Isa> {
-        let mut v = vec![Isa::Scalar];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if detected_isa() != Isa::Scalar {
-                v.push(Isa::Avx2);
-            }
-            if detected_isa() == Isa::Vnni {
-                v.push(Isa::Vnni);
-            }
-        }
-        v
+        [Isa::Scalar, Isa::Avx2, Isa::Vnni].into_iter().filter(|&i| available(i)).collect()
     }
 
     /// Every kernel against the f32 product of the dequantized weights, within the bound the

@@ -1,4 +1,9 @@
-//! Matmuls on quantized weights: candle's GGML kernels, threaded by gramrr.
+//! Matmuls on quantized weights: gramrr's integer kernels and candle's GGML kernels.
+//!
+//! A few rows (decoding) go to gramrr's own kernels ([`crate::qkernels`]) for every block type
+//! they cover, except where candle has its AVX512-VNNI tiled kernel (rows a multiple of 256
+//! values; see [`candle_tiled`]), which is faster there. The rest of this note is about
+//! candle's path, which also serves the block types our kernels do not cover.
 //!
 //! candle's quantized matmul quantizes the activations to 8 bits on the fly (Q8_0/Q8_1/Q8_K,
 //! as llama.cpp does) and takes integer dot products; on x86 with AVX512-VNNI it repacks
@@ -50,17 +55,18 @@ fn kernel_isa(dtype: GgmlDType) -> Option<qkernels::Isa> {
     isa.filter(|_| qkernels::supports(dtype))
 }
 
-/// Whether candle has its AVX512-VNNI 16-row tiled kernel for this product (rows a multiple
-/// of 256 values, 16-row tiles; the test of candle's `repack_x86::select`, and our slices are
-/// multiples of 16 rows).
-/// It beats ours there (`examples/qkernel_bench.rs`: 576x1536 Q4_K 14 µs against 70 µs).
-fn candle_tiled(dtype: GgmlDType, m: usize, n: usize, k: usize) -> bool {
+/// Whether candle's kernel beats ours for this product: where it has its AVX512-VNNI 16-row
+/// tiled kernel (rows a multiple of 256 values, 16-row tiles: the test of candle's
+/// `repack_x86::select`; our slices are multiples of 16 rows), measured with
+/// `examples/qkernel_bench.rs` (576x1536 Q4_K: 14 µs against 70 µs; Q8_0: 20 against 44).
+fn candle_tiled(dtype: GgmlDType, n: usize, k: usize) -> bool {
     k % 256 == 0
         && n % 16 == 0
         && qkernels::detected_isa() == qkernels::Isa::Vnni
         && match dtype {
             GgmlDType::Q4K | GgmlDType::Q8_0 => true,
-            GgmlDType::Q6K => m > 1,
+            // Its untiled Q6_K matvec is faster than ours too (576x1536: 41 µs against 65).
+            GgmlDType::Q6K => true,
             _ => false,
         }
 }
@@ -151,7 +157,7 @@ impl QuantLinear {
             *dims.last_mut().expect("rank ≥ 1") = self.n;
             return Ok(Tensor::cat(&outs, 1)?.reshape(dims)?);
         }
-        if let Some(isa) = kernel_isa(self.dtype).filter(|_| x.device().is_cpu() && !candle_tiled(self.dtype, m, self.n, self.k)) {
+        if let Some(isa) = kernel_isa(self.dtype).filter(|_| x.device().is_cpu() && !candle_tiled(self.dtype, self.n, self.k)) {
             return self.forward_kernels(&x, m, isa);
         }
         if self.parts.len() == 1 {
