@@ -5,7 +5,8 @@
 //! llama.cpp writes for them fall to scalar code there. These kernels cover Q4_0, Q4_1, Q5_0,
 //! Q5_1, Q8_0, Q4_K and Q6_K at any row length, read the weights straight from the GGUF block
 //! bytes (candle's CPU storage is those bytes), and reuse each decoded weight block for every
-//! input row, which is what makes batch 8 cheaper per token than batch 1.
+//! input row, which is what makes batch 8 cheaper per token than batch 1. Where candle's
+//! AVX512-VNNI tiles do apply they are faster, and `qlinear` sends those products there.
 //!
 //! Activations: each input row is quantized once per matmul to 8-bit chunks of 32 values
 //! (`x ≈ dx·q`, `q` in -127..=127, `dx = max|x|/127`), with the sum of `q` kept per 16 values
