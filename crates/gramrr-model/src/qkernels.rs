@@ -106,7 +106,7 @@ pub struct QuantizedRows {
 impl QuantizedRows {
     /// Quantizes `x` (m rows of k values, k a multiple of 32).
     pub fn new(x: &[f32], k: usize) -> Self {
-        assert!(k % QK == 0 && x.len() % k == 0, "rows of {k} values in {} values", x.len());
+        assert!(k.is_multiple_of(QK) && x.len().is_multiple_of(k), "rows of {k} values in {} values", x.len());
         let m = x.len() / k;
         let mut qs = vec![0i8; m * k];
         let mut d = vec![0f32; m * k / QK];
@@ -135,10 +135,7 @@ impl QuantizedRows {
 
 /// Whether this CPU can run `isa`.
 pub fn available(isa: Isa) -> bool {
-    match (isa, detected_isa()) {
-        (Isa::Scalar, _) | (Isa::Avx2, Isa::Avx2 | Isa::Vnni) | (Isa::Vnni, Isa::Vnni) => true,
-        _ => false,
-    }
+    matches!((isa, detected_isa()), (Isa::Scalar, _) | (Isa::Avx2, Isa::Avx2 | Isa::Vnni) | (Isa::Vnni, Isa::Vnni))
 }
 
 /// `out[n·m + r] = Σ_k W[n, k]·x[r, k]` for the `rows` weight rows in `w` (GGUF block bytes of
@@ -265,7 +262,7 @@ fn decode_chunk(dtype: GgmlDType, row: &[u8], c: usize) -> Chunk {
             let (sc, m) = scale_min_k4(j, &b[4..16]);
             let qs = &b[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
             for (u, q) in u.iter_mut().zip(qs) {
-                *u = if j % 2 == 0 { q & 0xF } else { q >> 4 } as i32;
+                *u = if j.is_multiple_of(2) { q & 0xF } else { q >> 4 } as i32;
             }
             Chunk { u, wv: [d * sc as f32; 2], c: [-dmin * m as f32; 2] }
         }

@@ -60,8 +60,8 @@ fn kernel_isa(dtype: GgmlDType) -> Option<qkernels::Isa> {
 /// `repack_x86::select`; our slices are multiples of 16 rows), measured with
 /// `examples/qkernel_bench.rs` (576x1536 Q4_K: 14 µs against 70 µs; Q8_0: 20 against 44).
 fn candle_tiled(dtype: GgmlDType, n: usize, k: usize) -> bool {
-    k % 256 == 0
-        && n % 16 == 0
+    k.is_multiple_of(256)
+        && n.is_multiple_of(16)
         && qkernels::detected_isa() == qkernels::Isa::Vnni
         && match dtype {
             GgmlDType::Q4K | GgmlDType::Q8_0 => true,
