@@ -18,6 +18,7 @@ pub mod hub;
 pub mod init;
 pub mod model;
 pub mod ops;
+pub mod qkernels;
 pub mod qlinear;
 pub mod sampling;
 pub mod tokenizer;

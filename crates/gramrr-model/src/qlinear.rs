@@ -1,4 +1,9 @@
-//! Matmuls on quantized weights: candle's GGML kernels, threaded by gramrr.
+//! Matmuls on quantized weights: gramrr's integer kernels and candle's GGML kernels.
+//!
+//! A few rows (decoding) go to gramrr's own kernels ([`crate::qkernels`]) for every block type
+//! they cover, except where candle has its AVX512-VNNI tiled kernel (rows a multiple of 256
+//! values; see [`candle_tiled`]), which is faster there. The rest of this note is about
+//! candle's path, which also serves the block types our kernels do not cover.
 //!
 //! candle's quantized matmul quantizes the activations to 8 bits on the fly (Q8_0/Q8_1/Q8_K,
 //! as llama.cpp does) and takes integer dot products; on x86 with AVX512-VNNI it repacks
@@ -17,13 +22,14 @@
 //! the integer kernels, which read the weights at their quantized size.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
+use crate::qkernels;
 
 /// Rows per slice are a multiple of this, so that each slice keeps candle's 16-row tiling.
 const ROW_ALIGN: usize = 16;
@@ -32,6 +38,38 @@ const ROW_ALIGN: usize = 16;
 const MAX_SLICE_VALUES: usize = 4 << 20;
 /// From this many input rows on, matmuls dequantize and use the f32 GEMM.
 pub const DENSE_MIN_ROWS: usize = 32;
+
+/// The kernels to use for `dtype` on few rows, or None for candle's: `GRAMRR_QKERNELS=off`
+/// keeps candle's (to compare), `=avx2` or `=scalar` caps the instruction set.
+fn kernel_isa(dtype: GgmlDType) -> Option<qkernels::Isa> {
+    static CHOICE: OnceLock<Option<qkernels::Isa>> = OnceLock::new();
+    let isa = *CHOICE.get_or_init(|| {
+        let best = qkernels::detected_isa();
+        match std::env::var("GRAMRR_QKERNELS").unwrap_or_default().as_str() {
+            "off" => None,
+            "scalar" => Some(qkernels::Isa::Scalar),
+            "avx2" if best != qkernels::Isa::Scalar => Some(qkernels::Isa::Avx2),
+            _ => Some(best),
+        }
+    });
+    isa.filter(|_| qkernels::supports(dtype))
+}
+
+/// Whether candle's kernel beats ours for this product: where it has its AVX512-VNNI 16-row
+/// tiled kernel (rows a multiple of 256 values, 16-row tiles: the test of candle's
+/// `repack_x86::select`; our slices are multiples of 16 rows), measured with
+/// `examples/qkernel_bench.rs` (576x1536 Q4_K: 14 µs against 70 µs; Q8_0: 20 against 44).
+fn candle_tiled(dtype: GgmlDType, n: usize, k: usize) -> bool {
+    k.is_multiple_of(256)
+        && n.is_multiple_of(16)
+        && qkernels::detected_isa() == qkernels::Isa::Vnni
+        && match dtype {
+            GgmlDType::Q4K | GgmlDType::Q8_0 => true,
+            // Its untiled Q6_K matvec is faster than ours too (576x1536: 41 µs against 65).
+            GgmlDType::Q6K => true,
+            _ => false,
+        }
+}
 
 /// A quantized (N, K) weight, applied as `x Wᵀ`.
 #[derive(Clone)]
@@ -119,6 +157,9 @@ impl QuantLinear {
             *dims.last_mut().expect("rank ≥ 1") = self.n;
             return Ok(Tensor::cat(&outs, 1)?.reshape(dims)?);
         }
+        if let Some(isa) = kernel_isa(self.dtype).filter(|_| x.device().is_cpu() && !candle_tiled(self.dtype, self.n, self.k)) {
+            return self.forward_kernels(&x, m, isa);
+        }
         if self.parts.len() == 1 {
             return Ok(x.apply_op1_no_bwd(self.parts[0].0.as_ref())?);
         }
@@ -128,6 +169,34 @@ impl QuantLinear {
             .map(|(p, _)| x.apply_op1_no_bwd(p.as_ref()))
             .collect::<candle_core::Result<_>>()?;
         Ok(Tensor::cat(&outs, x.rank() - 1)?)
+    }
+
+    /// The few-rows product on gramrr's own integer kernels ([`crate::qkernels`]).
+    fn forward_kernels(&self, x: &Tensor, m: usize, isa: qkernels::Isa) -> Result<Tensor> {
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let xq = qkernels::QuantizedRows::new(&xs, self.k);
+        // (N, M): each weight row's results side by side, so threads write disjoint slices.
+        let mut out_t = vec![0f32; self.n * m];
+        let mut start = 0;
+        for (p, rows) in &self.parts {
+            let bytes = p.data()?;
+            qkernels::matmul_t(self.dtype, &bytes, *rows, &xq, &mut out_t[start * m..(start + rows) * m], isa);
+            start += rows;
+        }
+        let out = if m == 1 {
+            out_t
+        } else {
+            let mut out = vec![0f32; m * self.n];
+            for (i, row) in out_t.chunks_exact(m).enumerate() {
+                for (r, v) in row.iter().enumerate() {
+                    out[r * self.n + i] = *v;
+                }
+            }
+            out
+        };
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank ≥ 1") = self.n;
+        Ok(Tensor::from_vec(out, dims, &x.device().clone())?)
     }
 
     /// Rows `ids` of the weight, dequantized: (len, K). The embedding lookup.
@@ -184,5 +253,40 @@ impl QuantLinear {
         }
         let storage = QStorage::from_data(Cow::Owned(bytes), &self.parts[0].0.device(), self.dtype)?;
         Ok(QTensor::new(storage, (self.n, self.k))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The few-rows path (our kernels, several slices, rows put back in order) against the f32
+    /// product of the dequantized weight, for 1..=5 input rows.
+    #[test]
+    fn few_rows_product_matches_the_dequantized_weight_across_slices() {
+        let (n, k) = (100, 576);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4_1] {
+            let ql = QuantLinear::with_slices(QTensor::quantize(&w, dtype).unwrap(), 3).unwrap();
+            assert!(ql.parts.len() > 1);
+            let wd = ql.dequantize(&Device::Cpu).unwrap();
+            for m in 1..=5 {
+                let x = Tensor::randn(0f32, 1.0, (1, m, k), &Device::Cpu).unwrap();
+                let got = ql.forward(&x).unwrap();
+                assert_eq!(got.dims(), &[1, m, n]);
+                let want = x.reshape((m, k)).unwrap().matmul(&wd.t().unwrap()).unwrap();
+                let got = got.reshape((m, n)).unwrap().to_vec2::<f32>().unwrap();
+                let want = want.to_vec2::<f32>().unwrap();
+                // 8-bit activations move each x by at most max|x|/254 ≈ 0.01 (max of 32
+                // normal values ≈ 2.5), with random signs: over 576 terms with |w| ≈ 0.8 the
+                // error is about √576·0.8·0.005 ≈ 0.1 (the worst case, all signs aligned, 4.6).
+                // A wrong row order or slice offset gives errors of √576 ≈ 24.
+                for r in 0..m {
+                    for j in 0..n {
+                        assert!((got[r][j] - want[r][j]).abs() < 1.0, "{dtype:?} m={m} [{r},{j}]: {} vs {}", got[r][j], want[r][j]);
+                    }
+                }
+            }
+        }
     }
 }
