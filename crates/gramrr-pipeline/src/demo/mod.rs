@@ -543,7 +543,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<Report> {
     }
     if opts.rl {
         let act = rl_act::RlActConfig::for_size(opts.size).map_err(|e| PipelineError::Config { path: out.clone(), message: e })?;
-        let questions = rl_act::policy_questions(&domain, &act);
+        let questions = rl_act::act_questions(&domain, &act).1;
         let policy = stage_policy(&mut p, &cfg, opts.seed, &questions, &act)?;
         drop(p);
         rl_act::run_rl_act(out, opts.size, opts.seed, &domain, &policy)?;

@@ -60,8 +60,8 @@ fn all_rewards() -> Vec<String> {
 impl RlActConfig {
     pub fn new(size: DemoSize) -> Self {
         match size {
-            DemoSize::Full => RlActConfig { policy_steps: 100, careless: 0.7, steps: 60, prompts_per_step: 8, group_size: 8, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 300, best_of_n_questions: 100, rewards: all_rewards() },
-            DemoSize::Quick => RlActConfig { policy_steps: 40, careless: 0.7, steps: 20, prompts_per_step: 8, group_size: 4, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 200, best_of_n_questions: 40, rewards: all_rewards() },
+            DemoSize::Full => RlActConfig { policy_steps: 100, careless: 0.7, steps: 60, prompts_per_step: 8, group_size: 8, lr: 1e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 300, best_of_n_questions: 100, rewards: all_rewards() },
+            DemoSize::Quick => RlActConfig { policy_steps: 40, careless: 0.7, steps: 20, prompts_per_step: 8, group_size: 4, lr: 1e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 200, best_of_n_questions: 40, rewards: all_rewards() },
             DemoSize::Tiny => RlActConfig { policy_steps: 4, careless: 0.7, steps: 2, prompts_per_step: 2, group_size: 2, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 8, eval_questions: 8, best_of_n_questions: 4, rewards: all_rewards() },
         }
     }
@@ -207,10 +207,14 @@ fn gold_accuracy(engine: &Engine, questions: &[String], max_new_tokens: usize) -
     Ok((100.0 * right as f64 / questions.len().max(1) as f64, outs.into_iter().map(|o| o.text).collect()))
 }
 
-/// The act's training questions (the policy's fine-tuning and GRPO's prompts): one pass over as
-/// many of the labeled and unlabeled sets' questions as the run asks for, none from the test set.
-pub fn policy_questions(domain: &Domain, act: &RlActConfig) -> Vec<String> {
-    dedup_questions(domain.labeled.iter().chain(&domain.unlabeled)).into_iter().take(act.steps * act.prompts_per_step).collect()
+/// The act's questions from the labeled and unlabeled sets (none from the test set): GRPO's
+/// prompts (one pass, as many as the run asks for) and, disjoint from them, the rest for the
+/// starting policy's fine-tuning, so that the policy has not memorised answers to the prompts
+/// it is then trained on.
+pub fn act_questions(domain: &Domain, act: &RlActConfig) -> (Vec<String>, Vec<String>) {
+    let mut all = dedup_questions(domain.labeled.iter().chain(&domain.unlabeled));
+    let rest = all.split_off((act.steps * act.prompts_per_step).min(all.len()));
+    (all, rest)
 }
 
 fn dedup_questions<'a>(pairs: impl Iterator<Item = &'a gramrr_data::PreferencePair>) -> Vec<String> {
@@ -231,7 +235,7 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
             return Err(err(out, format!("{} is missing: run the demo first (same --out, --seed and size)", dir.display())));
         }
     }
-    let train_q = policy_questions(domain, &act);
+    let train_q = act_questions(domain, &act).0;
     let test_q: Vec<String> = dedup_questions(domain.test.iter()).into_iter().take(act.eval_questions).collect();
     let bon_q: Vec<String> = test_q.iter().take(act.best_of_n_questions).cloned().collect();
     let opts = LoadOptions {
