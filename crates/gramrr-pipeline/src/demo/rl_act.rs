@@ -47,10 +47,18 @@ pub struct RlActConfig {
     /// Held-out questions for gold accuracy (greedy) and for best-of-n.
     pub eval_questions: usize,
     pub best_of_n_questions: usize,
+    /// Sampled rationales per comparison (the paper's voting@k): the reward is their mean
+    /// preference, so one wrong computation of the judge's does not decide a question.
+    #[serde(default = "one")]
+    pub judge_votes: usize,
     /// Which rewards to train with, by slug (`gram-rr`, `vanilla`, `oracle`); the targets need
     /// the first two.
     #[serde(default = "all_rewards")]
     pub rewards: Vec<String>,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn all_rewards() -> Vec<String> {
@@ -60,9 +68,9 @@ fn all_rewards() -> Vec<String> {
 impl RlActConfig {
     pub fn new(size: DemoSize) -> Self {
         match size {
-            DemoSize::Full => RlActConfig { policy_steps: 100, careless: 0.7, steps: 60, prompts_per_step: 8, group_size: 8, lr: 1e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 300, best_of_n_questions: 100, rewards: all_rewards() },
-            DemoSize::Quick => RlActConfig { policy_steps: 40, careless: 0.7, steps: 20, prompts_per_step: 8, group_size: 4, lr: 1e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 200, best_of_n_questions: 40, rewards: all_rewards() },
-            DemoSize::Tiny => RlActConfig { policy_steps: 4, careless: 0.7, steps: 2, prompts_per_step: 2, group_size: 2, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 8, eval_questions: 8, best_of_n_questions: 4, rewards: all_rewards() },
+            DemoSize::Full => RlActConfig { policy_steps: 100, careless: 0.7, steps: 60, prompts_per_step: 8, group_size: 8, lr: 1e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 300, best_of_n_questions: 100, judge_votes: 1, rewards: all_rewards() },
+            DemoSize::Quick => RlActConfig { policy_steps: 40, careless: 0.7, steps: 20, prompts_per_step: 8, group_size: 4, lr: 1e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 200, best_of_n_questions: 40, judge_votes: 1, rewards: all_rewards() },
+            DemoSize::Tiny => RlActConfig { policy_steps: 4, careless: 0.7, steps: 2, prompts_per_step: 2, group_size: 2, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 8, eval_questions: 8, best_of_n_questions: 4, judge_votes: 1, rewards: all_rewards() },
         }
     }
 
@@ -182,13 +190,13 @@ impl RewardModel for AnswerJudge {
     }
 }
 
-fn judge(dir: &Path, opts: &LoadOptions) -> Result<PairwiseJudge> {
+fn judge(dir: &Path, opts: &LoadOptions, votes: usize) -> Result<PairwiseJudge> {
     let engine = Engine::load(&dir.display().to_string(), opts)?;
     let cfg = JudgeConfig {
         mode: JudgeMode::Reason,
         both_orders: false,
-        votes: 1,
-        early_stop: true,
+        votes,
+        early_stop: false,
         sampling: SamplingParams { max_new_tokens: 72, ..SamplingParams::default() },
     };
     Ok(PairwiseJudge::new(Arc::new(engine), JudgeTemplate::compact(), cfg))
@@ -253,11 +261,11 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
     note(format!("RL act: the starting policy gets {gold_before:.1}% of {} held-out questions right", test_q.len()));
 
     let gram = || -> Result<Box<dyn RewardModel>> {
-        let r = JudgeReward { use_reference: false, ..JudgeReward::new(judge(&stage("final"), &opts)?) };
+        let r = JudgeReward { use_reference: false, ..JudgeReward::new(judge(&stage("final"), &opts, act.judge_votes)?) };
         Ok(Box::new(AnswerJudge(r, "GRAM-R² final".into())))
     };
     let vanilla = || -> Result<Box<dyn RewardModel>> {
-        let r = JudgeReward { use_reference: false, ..JudgeReward::new(judge(&stage("baseline"), &opts)?) };
+        let r = JudgeReward { use_reference: false, ..JudgeReward::new(judge(&stage("baseline"), &opts, act.judge_votes)?) };
         Ok(Box::new(AnswerJudge(r, "vanilla RM".into())))
     };
     let oracle = || -> Result<Box<dyn RewardModel>> {
@@ -316,7 +324,7 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
     let ns = [1usize, 2, 4, 8, 16];
     let mut best_of_n = vec![];
     for (name, dir) in [("GRAM-R² final", stage("final")), ("vanilla RM", stage("baseline"))] {
-        let ranker = ListRanker::new(judge(&dir, &opts)?, StrategyKind::Knockout);
+        let ranker = ListRanker::new(judge(&dir, &opts, 1)?, StrategyKind::Knockout);
         let mut acc = vec![];
         for &n in &ns {
             let lists: Vec<RankInput> = bon_q
@@ -394,84 +402,73 @@ impl RlActReport {
         for (t, met, m) in &self.targets {
             s.push_str(&format!("- {} {t}: {m}\n", if *met { "met:" } else { "**not met**:" }));
         }
-        s.push_str(&format!("\n![gold vs proxy reward, best-of-n](rl.png)\n\nTime: {:.0} s.\n", self.seconds));
+        s.push_str(&format!("\n![gold accuracy and proxy reward over the steps, best-of-n](rl.png)\n\nTime: {:.0} s.\n", self.seconds));
         s
     }
 }
 
-/// Two panels: each reward's run as gold accuracy of its samples against its proxy reward
-/// (five-step means, a line from the first to the last step, so over-optimisation shows as a
-/// curve that turns down while the proxy still rises), and best-of-n curves per selector.
+/// Three panels against the step (five-step means): the gold accuracy of each run's samples,
+/// its proxy reward (over-optimisation shows as a proxy that rises while gold falls), and
+/// best-of-n curves per selector.
 pub fn plot_rl_act(report: &RlActReport, path: &Path) -> Result<()> {
     use plotters::prelude::*;
     let perr = |m: String| PipelineError::Plot { path: path.to_path_buf(), message: m };
     let text = gramrr_train::plot::ensure_font();
-    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1500, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| perr(e.to_string()))?;
-    let (left, right) = root.split_horizontally(600);
+    let panels = root.split_evenly((1, 3));
     let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44)];
     let window = 5;
-    let curves: Vec<Vec<(f64, f64)>> = report
-        .runs
-        .iter()
-        .map(|r| {
-            r.proxy_reward
-                .chunks(window)
-                .zip(r.sample_gold.chunks(window))
-                .map(|(p, g)| (p.iter().sum::<f64>() / p.len() as f64, g.iter().sum::<f64>() / g.len() as f64))
-                .collect()
-        })
-        .collect();
-    let xs = curves.iter().flatten().map(|c| c.0);
-    let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
-    let (lo, hi) = if lo.is_finite() { (lo - 0.02, hi.max(lo + 0.05) + 0.02) } else { (0.0, 1.0) };
-    let mut b = ChartBuilder::on(&left);
-    b.margin(14);
-    if text {
-        b.caption("gold accuracy of samples vs proxy reward (5-step means)", ("sans-serif", 17)).x_label_area_size(35).y_label_area_size(45);
-    }
-    let mut chart = b.build_cartesian_2d(lo..hi, 0f64..100f64).map_err(|e| perr(e.to_string()))?;
-    let mut mesh = chart.configure_mesh();
-    if text {
-        mesh.x_desc("mean proxy reward").y_desc("gold accuracy (%)").label_style(("sans-serif", 12));
-    } else {
-        mesh.disable_x_axis().disable_y_axis();
-    }
-    mesh.draw().map_err(|e| perr(e.to_string()))?;
-    for ((r, c), color) in report.runs.iter().zip(&curves).zip(colors) {
-        let s = chart.draw_series(LineSeries::new(c.iter().copied(), color.stroke_width(2))).map_err(|e| perr(e.to_string()))?;
-        if text {
-            s.label(r.reward.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    let means = |v: &[f64]| -> Vec<(f64, f64)> {
+        v.chunks(window).enumerate().map(|(k, c)| ((k * window) as f64 + (c.len() as f64 + 1.0) / 2.0, c.iter().sum::<f64>() / c.len() as f64)).collect()
+    };
+    // (title, y label, x label, curves per selector)
+    type Curves = Vec<(String, Vec<(f64, f64)>)>;
+    let gold: Curves = report.runs.iter().map(|r| (r.reward.clone(), means(&r.sample_gold))).collect();
+    let proxy: Curves = report.runs.iter().map(|r| (r.reward.clone(), means(&r.proxy_reward))).collect();
+    let bon: Curves = report.best_of_n.iter().map(|b| (b.selector.clone(), b.accuracy.iter().map(|&(n, a)| ((n as f64).log2(), a)).collect())).collect();
+    let specs: [(&str, &str, &str, &Curves); 3] = [
+        ("gold accuracy of the samples", "gold accuracy (%)", "GRPO step", &gold),
+        ("proxy reward the run maximises", "mean reward", "GRPO step", &proxy),
+        ("best-of-n on the starting policy's samples", "gold accuracy of the pick (%)", "log2 n", &bon),
+    ];
+    for (area, (title, ylab, xlab, curves)) in panels.iter().zip(specs) {
+        let pts = curves.iter().flat_map(|c| c.1.iter().copied());
+        let (x0, x1, y0, y1) = pts.fold((f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY), |(a, b, c, d), (x, y)| (a.min(x), b.max(x), c.min(y), d.max(y)));
+        if !x0.is_finite() {
+            continue;
         }
-        chart.draw_series(c.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| perr(e.to_string()))?;
-    }
-    if text {
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font(("sans-serif", 13)).draw().map_err(|e| perr(e.to_string()))?;
-    }
-    let max_n = report.best_of_n.iter().flat_map(|b| b.accuracy.iter().map(|a| a.0)).max().unwrap_or(16).max(2) as f64;
-    let mut b = ChartBuilder::on(&right);
-    b.margin(14);
-    if text {
-        b.caption("best-of-n on the starting policy's samples", ("sans-serif", 17)).x_label_area_size(35).y_label_area_size(45);
-    }
-    let mut chart = b.build_cartesian_2d(0f64..max_n.log2(), 0f64..100f64).map_err(|e| perr(e.to_string()))?;
-    let mut mesh = chart.configure_mesh();
-    if text {
-        mesh.x_desc("log2 n").y_desc("gold accuracy of the pick (%)").label_style(("sans-serif", 12));
-    } else {
-        mesh.disable_x_axis().disable_y_axis();
-    }
-    mesh.draw().map_err(|e| perr(e.to_string()))?;
-    for (bo, color) in report.best_of_n.iter().zip(colors) {
-        let pts: Vec<(f64, f64)> = bo.accuracy.iter().map(|&(n, a)| ((n as f64).log2(), a)).collect();
-        let s = chart.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2))).map_err(|e| perr(e.to_string()))?;
+        let (y0, y1) = if ylab.ends_with("(%)") { (0.0, 100.0) } else { (y0 - 0.05 * (y1 - y0).max(0.1), y1 + 0.05 * (y1 - y0).max(0.1)) };
+        let mut b = ChartBuilder::on(area);
+        b.margin(14);
         if text {
-            s.label(bo.selector.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            b.caption(title, ("sans-serif", 17)).x_label_area_size(35).y_label_area_size(50);
         }
-        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| perr(e.to_string()))?;
-    }
-    if text {
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).label_font(("sans-serif", 13)).draw().map_err(|e| perr(e.to_string()))?;
+        let mut chart = b.build_cartesian_2d(x0..x1.max(x0 + 1.0), y0..y1).map_err(|e| perr(e.to_string()))?;
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc(xlab).y_desc(ylab).label_style(("sans-serif", 12));
+        } else {
+            mesh.disable_x_axis().disable_y_axis();
+        }
+        mesh.draw().map_err(|e| perr(e.to_string()))?;
+        for ((name, c), color) in curves.iter().zip(colors) {
+            let s = chart.draw_series(LineSeries::new(c.iter().copied(), color.stroke_width(2))).map_err(|e| perr(e.to_string()))?;
+            if text {
+                s.label(name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            }
+            chart.draw_series(c.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| perr(e.to_string()))?;
+        }
+        if text {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 13))
+                .draw()
+                .map_err(|e| perr(e.to_string()))?;
+        }
     }
     root.present().map_err(|e| perr(e.to_string()))?;
     Ok(())
@@ -491,5 +488,40 @@ mod tests {
         assert!(computation_correct(q, "Sure. <think>36-51=84 so 48.</think>"));
         assert!(!computation_correct("Q: 63-15? ", "<think>36-51=84 so 48.</think>"), "the prompt as given does not parse");
         assert_eq!(stated_answer("<think>36-51=84 so 48.</think>"), "It is 48.");
+    }
+
+    #[test]
+    fn the_plot_draws_every_run_and_selector() {
+        let run = |name: &str, slope: f64| RewardRun {
+            reward: name.into(),
+            gold_before: 35.0,
+            gold_after: 35.0 + slope * 10.0,
+            proxy_reward: (0..20).map(|i| 0.02 * i as f64).collect(),
+            sample_gold: (0..20).map(|i| 40.0 + slope * i as f64).collect(),
+            seconds: 1.0,
+        };
+        let bon = |name: &str, top: f64| BestOfN { selector: name.into(), accuracy: [1, 2, 4, 8, 16].iter().map(|&n| (n, 34.0 + top * (n as f64).log2())).collect() };
+        let report = RlActReport {
+            size: "full".into(),
+            seed: 0,
+            config: RlActConfig::new(DemoSize::Full),
+            runs: vec![run("GRAM-R² final", -0.5), run("vanilla RM", -1.0), run("gold verifier (oracle)", 1.0)],
+            best_of_n: vec![bon("GRAM-R² final", 4.0), bon("vanilla RM", 1.0), bon("gold verifier (oracle)", 10.0)],
+            targets: vec![],
+            seconds: 1.0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = std::env::var("GRAMRR_KEEP_PLOT").map(PathBuf::from).unwrap_or_else(|_| dir.path().join("rl.png"));
+        plot_rl_act(&report, &path).unwrap();
+        let (w, h) = image_size(&path);
+        assert_eq!((w, h), (1500, 480));
+        assert!(report.to_markdown().contains("| GRAM-R² final | 35.0% | 30.0% | -5.0 |"), "{}", report.to_markdown());
+    }
+
+    /// Width and height from a PNG's IHDR chunk.
+    fn image_size(path: &Path) -> (u32, u32) {
+        let b = std::fs::read(path).unwrap();
+        assert_eq!(&b[1..4], b"PNG");
+        (u32::from_be_bytes(b[16..20].try_into().unwrap()), u32::from_be_bytes(b[20..24].try_into().unwrap()))
     }
 }
