@@ -59,10 +59,13 @@ enum Command {
     /// rationales, more with labels only, many unlabeled, 1,000 held out), pretrains a tiny
     /// Qwen3-architecture backbone on domain text, then runs GRAM-R² on it: the preference-proving
     /// model, proof synthesis with Eq. 5, the reward model, two self-training rounds and the
-    /// final fine-tune, beside a vanilla generative RM and a compute-matched control. Writes
-    /// OUT/report.md (tables, targets, a plot), OUT/report.json and OUT/accuracy.png. About 9
-    /// minutes on 2 cores of an AMD EPYC, 12 on a Xeon (--quick: 1 and 2.5); interrupted runs
-    /// continue with --resume.
+    /// final fine-tune, beside a vanilla generative RM and a compute-matched control. Then its
+    /// last act puts the reward models to work: GRPO on a policy with each of them and with the
+    /// gold verifier, and best-of-n curves (skip with --no-rl). Writes OUT/report.md (tables,
+    /// targets, a plot), OUT/report.json, OUT/accuracy.png and OUT/rl/ (report.md, rl.png).
+    /// The reward models take about 9 minutes on 2 cores of an AMD EPYC and 12 on a Xeon
+    /// (--quick: 1 and 2.5); the last act adds a few minutes (341 s on a heavily loaded EPYC).
+    /// Interrupted runs continue with --resume.
     Demo(cmd_pipeline::DemoArgs),
     /// Measure engine speed and memory (writes JSON for BENCHMARKS.md).
     Bench(cmd_model::BenchArgs),

@@ -27,8 +27,9 @@ fn is_num(v: &serde_json::Value) -> bool {
 fn demo_report_has_the_schema_and_the_same_seed_gives_the_same_results() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    demo(&a, "3", &[]);
-    demo(&b, "3", &[]);
+    demo(&a, "3", &["--no-rl"]);
+    demo(&b, "3", &["--no-rl"]);
+    assert!(!a.join("rl").exists(), "--no-rl skips the last act");
     let (ra, rb) = (report(&a), report(&b));
 
     let acc = &ra["accuracy"];
@@ -60,7 +61,7 @@ fn demo_report_has_the_schema_and_the_same_seed_gives_the_same_results() {
     }
 
     // A rerun with --resume skips every stage and reports the same.
-    let o = demo(&a, "3", &["--resume"]);
+    let o = demo(&a, "3", &["--resume", "--no-rl"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!err.contains(": training"), "a finished stage was trained again:\n{err}");
     assert_eq!(report(&a)["accuracy"], ra["accuracy"]);
@@ -70,7 +71,7 @@ fn demo_report_has_the_schema_and_the_same_seed_gives_the_same_results() {
 fn demo_rl_act_reports_every_reward_and_best_of_n() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("rl");
-    demo(&out, "1", &["--rl"]);
+    demo(&out, "1", &[]);
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("rl/report.json")).unwrap()).unwrap();
     let runs = r["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 3, "GRAM-R², vanilla RM and the oracle");
