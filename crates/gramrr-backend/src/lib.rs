@@ -137,6 +137,16 @@ pub struct LabelOutput {
     pub probs: Vec<f32>,
 }
 
+impl LabelOutput {
+    /// The candidates' full-vocabulary log-probabilities with their softmax among themselves.
+    pub fn from_logprobs(logprobs: Vec<f32>) -> Self {
+        let max = logprobs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = logprobs.iter().map(|&x| (x - max).exp()).collect();
+        let s: f32 = e.iter().sum();
+        LabelOutput { probs: e.iter().map(|x| x / s).collect(), logprobs }
+    }
+}
+
 pub type BackendResult<T> = std::result::Result<T, BackendError>;
 
 #[derive(Debug, thiserror::Error)]

@@ -623,12 +623,7 @@ impl Backend for Engine {
         let lps = self.next_token_logprobs(&seqs, &cand)?;
         Ok(lps
             .into_iter()
-            .map(|logprobs| {
-                let max = logprobs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let e: Vec<f32> = logprobs.iter().map(|&x| (x - max).exp()).collect();
-                let s: f32 = e.iter().sum();
-                LabelOutput { probs: e.iter().map(|x| x / s).collect(), logprobs }
-            })
+            .map(LabelOutput::from_logprobs)
             .collect())
     }
 

@@ -784,10 +784,7 @@ impl Backend for RemoteBackend {
             .into_iter()
             .map(|row| {
                 let logprobs: Vec<f32> = row.into_iter().map(|x| x.expect("every label found or scored")).collect();
-                let max = logprobs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let e: Vec<f32> = logprobs.iter().map(|&x| (x - max).exp()).collect();
-                let s: f32 = e.iter().sum();
-                LabelOutput { probs: e.iter().map(|x| x / s).collect(), logprobs }
+                LabelOutput::from_logprobs(logprobs)
             })
             .collect())
     }
