@@ -154,12 +154,36 @@ def demo(dirs, _unused, out):
     rows += [
         line("proof selection: Eq. 5 pick has the right computation (%)", [r["proof_selection"]["eq5"] for r in reps]),
         line("proof selection: random pick has the right computation (%)", [r["proof_selection"]["random"] for r in reps]),
-        line("wall time (s)", [r["seconds"] for r in reps], "{:.0f}"),
+        # Summed stage times, so that a resumed run reports its stages' work, not the resume.
+        line("recorded stage work (s)", [r.get("stage_seconds", r["seconds"]) for r in reps], "{:.0f}"),
     ]
     targets = {}
     for r in reps:
         for t in r["targets"]:
             targets.setdefault(t["name"], []).append(("met" if t["met"] else "**not met**") + f" ({t['detail']})")
+    # The last act (OUT/rl/report.json), where every seed has one.
+    rl_paths = [os.path.join(d, "rl", "report.json") for d in dirs.split(",")]
+    rl_text = ""
+    if all(os.path.exists(p) for p in rl_paths):
+        acts = [json.load(open(p)) for p in rl_paths]
+        rl_rows = [line("starting policy: gold accuracy (%)", [a["runs"][0]["gold_before"] for a in acts])]
+        for k, run in enumerate(acts[0]["runs"]):
+            rl_rows.append(line(f"after GRPO with {run['reward']}: gold accuracy (%)", [a["runs"][k]["gold_after"] for a in acts]))
+        for k, b in enumerate(acts[0]["best_of_n"]):
+            rl_rows.append(line(f"best-of-16 picked by {b['selector']}: gold accuracy (%)", [a["best_of_n"][k]["accuracy"][-1][1] for a in acts]))
+        rl_rows.append(line("last act wall time (s)", [a["seconds"] for a in acts], "{:.0f}"))
+        for a in acts:
+            for name, met, detail in a["targets"]:
+                targets.setdefault(name, []).append(("met" if met else "**not met**") + f" ({detail})")
+        rl_text = f"""
+The last act (`OUT/rl/report.json`; GRPO from a policy with a careless habit, {acts[0]['config']['steps']} steps ×
+{acts[0]['config']['prompts_per_step']} prompts × {acts[0]['config']['group_size']} samples, gold accuracy greedy on
+{acts[0]['config']['eval_questions']} held-out questions, best-of-n on {acts[0]['config']['best_of_n_questions']}):
+
+| measure | {' | '.join(f'seed {r["seed"]}' for r in reps)} | mean ± sd |
+|---|{'---|' * len(reps)}---|
+{chr(10).join(rl_rows)}
+"""
     trows = [f"| {name} | {' | '.join(v)} |" for name, v in targets.items()]
     seeds = [r["seed"] for r in reps]
     body = f"""
@@ -170,8 +194,8 @@ pairwise accuracy (%) on the {reps[0]['test_pairs']} held-out test pairs; mean �
 | measure | {' | '.join(f'seed {s}' for s in seeds)} | mean ± sd |
 |---|{'---|' * len(seeds)}---|
 {chr(10).join(rows)}
-
-Targets of issue 5, per seed:
+{rl_text}
+Targets of issues 5 and 19, per seed:
 
 | target | {' | '.join(f'seed {s}' for s in seeds)} |
 |---|{'---|' * len(seeds)}
