@@ -263,12 +263,6 @@ fn write_domain(d: &Domain, dir: &Path) -> Result<()> {
     Ok(gramrr_model::fsutil::write_atomic(&dir.join("pretrain.jsonl"), &buf)?)
 }
 
-/// Stage `backbone`: a random Qwen3-shaped model with the demo's character tokenizer,
-/// pretrained as a language model on domain text.
-fn stage_backbone(p: &mut Pipeline, cfg: &DemoConfig, seed: u64, domain: &Domain, pretrain_file: &Path) -> Result<()> {
-    stage_pretrain(p, "backbone", cfg, seed, domain, pretrain_file, None)
-}
-
 /// Stage `policy`, the RL act's starting policy: the backbone fine-tuned on answers from
 /// careless writers, who drop carries and borrows in `careless` of their worked answers (work and
 /// result consistent with each other, wrong wherever a carry was needed) and work the rest out
@@ -299,17 +293,17 @@ pub(crate) fn stage_policy(p: &mut Pipeline, cfg: &DemoConfig, seed: u64, questi
     Ok(p.run.stage_dir("policy").join("model"))
 }
 
-fn stage_pretrain(p: &mut Pipeline, name: &str, cfg: &DemoConfig, seed: u64, domain: &Domain, pretrain_file: &Path, steps: Option<usize>) -> Result<()> {
+/// Stage `backbone`: a random Qwen3-shaped model with the demo's character tokenizer,
+/// pretrained as a language model on domain text.
+fn stage_backbone(p: &mut Pipeline, cfg: &DemoConfig, seed: u64, domain: &Domain, pretrain_file: &Path) -> Result<()> {
+    let name = "backbone";
     let mut inputs = BTreeMap::new();
     inputs.insert("pretrain".into(), crate::run::hash_file(pretrain_file)?.sha256);
-    let mut settings = json!({"backbone": cfg.backbone, "train": cfg.pretrain, "seed": seed});
-    if let Some(s) = steps {
-        settings["steps"] = json!(s);
-    }
+    let settings = json!({"backbone": cfg.backbone, "train": cfg.pretrain, "seed": seed});
     let key = RunDir::stage_key(name, &settings, &inputs);
     let init = p.run.stage_dir("backbone-init");
     // The random initial model is the base the pretraining starts from; it is cheap and a pure
-    // function of the seed, so it is rewritten (identically) whenever a pretraining stage runs.
+    // function of the seed, so it is rewritten whenever the backbone stage runs.
     if !p.run.is_done(name, &key) {
         let tok = char_tokenizer_with_tokens(domain::ALPHABET, &TAGS)?;
         let mut spec = InitSpec::tiny(Architecture::Qwen3);
@@ -330,7 +324,7 @@ fn stage_pretrain(p: &mut Pipeline, name: &str, cfg: &DemoConfig, seed: u64, dom
             .map(|(q, c)| make_example(tok, &Prompt::Raw(q.clone()), &[Segment { text: c.clone(), weight: 1.0 }]))
             .collect()
     };
-    p.train_stage(name, settings, inputs, &init, examples, &cfg.pretrain, steps)?;
+    p.train_stage(name, settings, inputs, &init, examples, &cfg.pretrain, None)?;
     Ok(())
 }
 
