@@ -206,13 +206,13 @@ fn prompt(q: &str) -> Prompt {
     Prompt::Raw(format!("Q: {q} "))
 }
 
-/// Greedy gold accuracy (%) of `engine` on `questions`, and its answers.
-fn gold_accuracy(engine: &Engine, questions: &[String], max_new_tokens: usize) -> Result<(f64, Vec<String>)> {
+/// Greedy gold accuracy (%) of `engine` on `questions`.
+fn gold_accuracy(engine: &Engine, questions: &[String], max_new_tokens: usize) -> Result<f64> {
     let ids = questions.iter().map(|q| engine.encode_prompt(&prompt(q))).collect::<std::result::Result<Vec<_>, _>>()?;
     let offs: Vec<u64> = (0..ids.len() as u64).collect();
     let outs = engine.generate_ids(&ids, &offs, &SamplingParams { max_new_tokens, ..SamplingParams::default() })?;
     let right = questions.iter().zip(&outs).filter(|(q, o)| computation_correct(q, &o.text)).count();
-    Ok((100.0 * right as f64 / questions.len().max(1) as f64, outs.into_iter().map(|o| o.text).collect()))
+    Ok(100.0 * right as f64 / questions.len().max(1) as f64)
 }
 
 /// The act's questions from the labeled and unlabeled sets (none from the test set): GRPO's
@@ -255,7 +255,7 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
     let rl_dir = out.join("rl");
     std::fs::create_dir_all(&rl_dir).map_err(|e| PipelineError::io(&rl_dir, e))?;
     let start = Engine::load(&policy.display().to_string(), &opts)?;
-    let gold_before = gold_accuracy(&start, &test_q, act.max_new_tokens)?.0;
+    let gold_before = gold_accuracy(&start, &test_q, act.max_new_tokens)?;
     drop(start);
     let prompts: Vec<PromptRecord> = train_q.iter().map(|q| PromptRecord { id: q.clone(), prompt: prompt(q), reference: None }).collect();
     note(format!("RL act: the starting policy gets {gold_before:.1}% of {} held-out questions right", test_q.len()));
@@ -294,7 +294,7 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
         let o = GrpoOutput { dir: rl_dir.join(slug), base_model_dir: Some(policy.to_path_buf()), plot: true };
         note(format!("RL act: GRPO with {} ({} steps)", reward.name(), act.steps));
         let (trained, report) = gramrr_rl::train_grpo(engine, &prompts, reward.as_ref(), &grpo, Some(&o), &mut Quiet).map_err(|e| err(out, e))?;
-        let gold_after = gold_accuracy(&trained, &test_q, act.max_new_tokens)?.0;
+        let gold_after = gold_accuracy(&trained, &test_q, act.max_new_tokens)?;
         // Gold accuracy of each step's samples, from samples.jsonl.
         let samples = std::fs::read_to_string(o.dir.join("samples.jsonl")).map_err(|e| PipelineError::io(o.dir.join("samples.jsonl"), e))?;
         let mut per_step = vec![(0usize, 0usize); act.steps];
