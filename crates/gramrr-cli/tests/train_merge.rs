@@ -21,7 +21,7 @@ fn load(dir: &Path) -> Decoder {
 
 fn logits(d: &Decoder, ids: Vec<u32>) -> Tensor {
     let n = ids.len();
-    let input = ForwardInput { ids: &[ids], positions: &[(0..n as u32).collect()], mask: None, doc_starts: None };
+    let input = ForwardInput { ids: &[ids], positions: &[(0..n as u32).collect()], mask: None, doc_starts: None, left_padding: None };
     let h = d.forward_hidden(&input, None, &mut ForwardCtx::inference()).unwrap();
     d.logits(&h).unwrap()
 }

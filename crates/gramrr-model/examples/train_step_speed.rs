@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     let pos: Vec<Vec<u32>> = (0..b).map(|_| (0..t as u32).collect()).collect();
     for it in 0..6 {
         let st = std::time::Instant::now();
-        let input = ForwardInput { ids: &ids, positions: &pos, mask: None, doc_starts: None };
+        let input = ForwardInput { ids: &ids, positions: &pos, mask: None, doc_starts: None, left_padding: None };
         let h = dec.forward_hidden(&input, None, &mut ForwardCtx::training(None))?;
         let logits = dec.logits(&h)?;
         let lse = logits.exp()?.sum_keepdim(1)?.log()?;

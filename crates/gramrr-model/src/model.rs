@@ -523,6 +523,22 @@ impl Attention {
             let out = crate::attention::causal_attention_in_documents(&q, &k, &v, scale as f32, starts.cloned())?; // (B, T, H, D)
             return self.o_proj.forward(&out.reshape((b * t, h * d))?, ctx);
         }
+        if (mask.is_none() || starts.is_some()) && crate::attention::applies(&q) {
+            if let Some((ck, cv, offset)) = cache {
+                // Decoding: the new keys go into the cache, and the fused op reads the cache's
+                // first offset + T positions in place, as (B, S, K, D) views, with left padding as
+                // each row's first visible key. The composed path below costs two GEMM calls, a
+                // softmax and four copies per layer.
+                let q = apply_rope(&q, &rope.0, &rope.1)?;
+                let k = apply_rope(&k, &rope.0, &rope.1)?.transpose(1, 2)?; // (B, K, T, D)
+                ck.slice_set(&k.contiguous()?, 2, offset)?;
+                cv.slice_set(&v.transpose(1, 2)?.contiguous()?, 2, offset)?;
+                let s = offset + t;
+                let (k, v) = (ck.narrow(2, 0, s)?.transpose(1, 2)?, cv.narrow(2, 0, s)?.transpose(1, 2)?);
+                let out = crate::attention::causal_attention_in_documents(&q, &k, &v, scale as f32, starts.cloned())?; // (B, T, H, D)
+                return self.o_proj.forward(&out.reshape((b * t, h * d))?, ctx);
+            }
+        }
         let q = apply_rope(&q, &rope.0, &rope.1)?.transpose(1, 2)?; // (B, H, T, D)
         let k = apply_rope(&k, &rope.0, &rope.1)?.transpose(1, 2)?.contiguous()?; // (B, K, T, D)
         let v = v.transpose(1, 2)?.contiguous()?; // (B, K, T, D)
@@ -628,6 +644,10 @@ pub struct ForwardInput<'a> {
     /// at each one, a row computes exactly what its documents would on rows of their own).
     /// `None`: one document per row. Not with `mask` or a KV cache.
     pub doc_starts: Option<&'a [Vec<u32>]>,
+    /// With a KV cache and a `mask` that hides only left padding (generation): how many padding
+    /// keys lead each row. The fused attention then runs with these as each row's first visible
+    /// key, and the mask serves only the composed path.
+    pub left_padding: Option<&'a [u32]>,
 }
 
 impl Decoder {
@@ -734,6 +754,14 @@ impl Decoder {
                 starts = Some(Arc::new(ds.iter().flatten().copied().collect::<Vec<u32>>()));
             } else {
                 doc_mask = Some(document_mask(ds, dev)?);
+            }
+        }
+        if let (Some(lp), Some(_)) = (input.left_padding, cache.as_ref()) {
+            if lp.len() != b {
+                return Err(ModelError::Input(format!("left padding given for {} rows of {b}", lp.len())));
+            }
+            if crate::attention::applies(&x) {
+                starts = Some(Arc::new(lp.iter().flat_map(|&n| std::iter::repeat_n(n, t)).collect::<Vec<u32>>()));
             }
         }
         let mask = input.mask.or(doc_mask.as_ref());

@@ -66,6 +66,7 @@ fn logits_match_transformers_within_1e_4() {
                 positions: &[(0..t as u32).collect()],
                 mask: Some(&mask),
                 doc_starts: None,
+                left_padding: None,
             };
             let hidden = engine.model.forward_hidden(&input, None, &mut ForwardCtx::inference()).unwrap();
             let got = engine.model.logits(&hidden).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();

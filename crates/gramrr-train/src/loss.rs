@@ -269,7 +269,7 @@ pub fn micro_batch_loss(
     dev: &Device,
 ) -> Result<MicroLoss> {
     // Right padding: causal attention alone keeps real tokens off the padding (fused path).
-    let input = ForwardInput { ids: &mb.ids, positions: &mb.positions, mask: None, doc_starts: mb.doc_starts.as_deref() };
+    let input = ForwardInput { ids: &mb.ids, positions: &mb.positions, mask: None, doc_starts: mb.doc_starts.as_deref(), left_padding: None };
     let hidden = decoder.forward_hidden(&input, None, ctx)?; // (B·T, C)
     let mut token = None;
     if !mb.rows.is_empty() && token_norm > 0.0 {

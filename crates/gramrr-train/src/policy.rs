@@ -162,7 +162,7 @@ pub fn policy_micro_batch_loss(
     cfg: &PolicyLossConfig,
     dev: &Device,
 ) -> Result<PolicyMicroLoss> {
-    let input = ForwardInput { ids: &mb.ids, positions: &mb.positions, mask: None, doc_starts: mb.doc_starts.as_deref() };
+    let input = ForwardInput { ids: &mb.ids, positions: &mb.positions, mask: None, doc_starts: mb.doc_starts.as_deref(), left_padding: None };
     let hidden = decoder.forward_hidden(&input, None, ctx)?; // (B·T, C)
     let rows = Tensor::from_slice(&mb.rows, mb.rows.len(), dev)?;
     let logits = head_logits(decoder, &hidden.index_select(&rows, 0)?, frozen_head, ctx)?; // (N, V)
@@ -179,7 +179,7 @@ pub fn policy_micro_batch_loss(
 
 /// Log-probabilities of the micro-batch's target tokens without a graph (the reference policy).
 pub fn target_logprobs(decoder: &Decoder, mb: &MicroBatch, dev: &Device) -> Result<Vec<f32>> {
-    let input = ForwardInput { ids: &mb.ids, positions: &mb.positions, mask: None, doc_starts: mb.doc_starts.as_deref() };
+    let input = ForwardInput { ids: &mb.ids, positions: &mb.positions, mask: None, doc_starts: mb.doc_starts.as_deref(), left_padding: None };
     let mut ctx = ForwardCtx::inference();
     let hidden = decoder.forward_hidden(&input, None, &mut ctx)?;
     let rows = Tensor::from_slice(&mb.rows, mb.rows.len(), dev)?;

@@ -227,7 +227,7 @@ fn lora_matches_torch_and_peft() {
     let ids: Vec<u32> = fx["merged"]["logits_input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
     let n = ids.len();
     let mask = gramrr_model::model::causal_mask(n, &Device::Cpu).unwrap();
-    let input = gramrr_model::model::ForwardInput { ids: &[ids], positions: &[(0..n as u32).collect()], mask: Some(&mask), doc_starts: None };
+    let input = gramrr_model::model::ForwardInput { ids: &[ids], positions: &[(0..n as u32).collect()], mask: Some(&mask), doc_starts: None, left_padding: None };
     let h = trained.forward_hidden(&input, None, &mut ForwardCtx::inference()).unwrap();
     let logits = trained.logits(&h).unwrap();
     let d = max_abs_diff(&logits, &merged["logits"]);

@@ -60,7 +60,7 @@ fn objective(decoder: &Decoder, mb: &MicroBatch, x: &Inputs, frozen: bool) -> (T
 /// The same objective written with candle ops, differentiated by candle.
 fn composed(decoder: &Decoder, mb: &MicroBatch, x: &Inputs) -> Tensor {
     let dev = Device::Cpu;
-    let input = ForwardInput { ids: &mb.ids, positions: &mb.positions, mask: None, doc_starts: None };
+    let input = ForwardInput { ids: &mb.ids, positions: &mb.positions, mask: None, doc_starts: None, left_padding: None };
     let hidden = decoder.forward_hidden(&input, None, &mut ForwardCtx::training(None)).unwrap();
     let rows = Tensor::from_slice(&mb.rows, mb.rows.len(), &dev).unwrap();
     let logits = decoder.logits(&hidden.index_select(&rows, 0).unwrap()).unwrap();
