@@ -5,7 +5,9 @@ Ray actors by the trainer) loads the function named in `reward.custom_reward_fun
 reward manager (`naive` by default) and calls it once per response as
 `compute_score(data_source=, solution_str=, ground_truth=, extra_info=)`. Here `compute_score`
 ranks the response together with the ground truth as a reference answer (a round robin of two,
-Bradley–Terry): the score is > 0 when the judge prefers the response to the reference.
+Bradley–Terry): the score is > 0 when the judge prefers the response to the reference. The
+judge needs the question: keep it in each row's extra_info["question"] (verl's own gsm8k
+preprocessing does); a row without one scores 0.
 
     reward.custom_reward_function.path=examples/rl/verl_reward.py
     reward.custom_reward_function.name=compute_score
