@@ -1,6 +1,8 @@
 //! `gramrr train grpo` end to end through the binary, and the RL-framework examples under
-//! `examples/rl/` against a running `gramrr serve` (each where its framework is installed; the
-//! OpenRLHF and verl request shapes need only python3).
+//! `examples/rl/` against a running `gramrr serve`: each through its framework's own code where
+//! the framework is installed (a `skipped:` line says where it is not, and the request shape is
+//! checked with python3 alone). `GRAMRR_RL_PYTHON` names the interpreter that has the frameworks
+//! (default `python3`); examples/rl/README.md says how they were installed.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -21,7 +23,18 @@ fn tiny_model(dir: &Path) {
 }
 
 fn has_python(module: &str) -> bool {
-    Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success())
+    Command::new(rl_python()).args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// The Python that runs the examples: verl's pins (omegaconf's antlr4 4.9, packaging < 26) clash
+/// with other packages, so it may live in its own environment.
+fn rl_python() -> String {
+    std::env::var("GRAMRR_RL_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Written past the test harness's capture, so the skip shows in `cargo test` output.
+fn skipped(what: &str) {
+    let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: {what}\n"));
 }
 
 fn repo() -> PathBuf {
@@ -103,7 +116,7 @@ fn serve(model: &Path) -> (Server, String) {
 }
 
 fn python(script: &str, args: &[&str]) -> serde_json::Value {
-    let o = Command::new("python3").arg(repo().join("examples/rl").join(script)).args(args).output().unwrap();
+    let o = Command::new(rl_python()).arg(repo().join("examples/rl").join(script)).args(args).output().unwrap();
     let out = ok(o, script);
     serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{script}: {e}: {out}"))
 }
@@ -120,21 +133,52 @@ fn rl_framework_examples_talk_to_gramrr_serve() {
     tiny_model(&model);
     let (_server, url) = serve(&model);
 
-    // OpenRLHF: its client where installed, else the documented request shape.
-    let v = python("openrlhf_request.py", &["--url", &format!("{url}/get_reward")]);
-    assert_eq!(v["rewards"].as_array().unwrap().len(), 5, "{v}");
-    if v["client"] == "urllib" {
-        eprintln!("openrlhf not installed: checked the documented request/response shape with urllib");
+    // The policy's tokenizer for the frameworks' own code: it must spell the examples' answers
+    // ("It is 48."), or the text the framework decodes is not the text sent.
+    let policy_tok = tmp.path().join("policy-tokenizer");
+    ok(gramrr().args(["init-model", "--out", policy_tok.to_str().unwrap(), "--chars", "abcdefghiIst q:0123456789+-=?.AB"]).output().unwrap(), "init-model");
+    let close = |a: &serde_json::Value, b: &serde_json::Value, tol: f64| {
+        let (a, b) = (a.as_array().unwrap(), b.as_array().unwrap());
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() <= tol)
+    };
+
+    // OpenRLHF: its rollout executor's remote-RM call where installed, else the same request with
+    // urllib. Either way the reward is the judge's P(response better than the label), so it must
+    // equal /v1/judge's p_a asked directly: that pins the query OpenRLHF builds (prompt and
+    // continuation decoded together) to the question and response gramrr judges.
+    let v = python("openrlhf_request.py", &["--url", &format!("{url}/get_reward"), "--tokenizer", policy_tok.to_str().unwrap()]);
+    assert_eq!(v["rewards"].as_array().unwrap().len(), 2, "{v}");
+    assert!(close(&v["rewards"], &v["p_better"], 1e-12), "rewards are not the judge's P(better than label): {v}");
+    assert!(close(&v["scores"], &v["p_better"], 1e-12), "{v}");
+    assert_ne!(v["rewards"][0], v["rewards"][1], "a right and a wrong answer got the same reward: {v}");
+    if v["client"] == "openrlhf" {
+        eprintln!("OpenRLHF {} SingleTurnAgentExecutor with gramrr serve: {v}", v["openrlhf_version"]);
+        assert!(v["observation_tokens"].as_array().unwrap().iter().all(|n| n.as_u64().unwrap() > 0), "{v}");
+    } else {
+        skipped(&format!("OpenRLHF's own remote-RM client ({}): checked the documented request/response shape with urllib", v["openrlhf_missing"]));
         for k in ["rewards", "scores", "extra_logs"] {
             assert!(v["response_keys"].as_array().unwrap().iter().any(|x| x == k), "{k} missing: {v}");
         }
     }
 
-    // verl: the custom reward function, called as the batch reward manager calls it.
-    let v = python("verl_reward.py", &["--url", &url]);
-    let s: Vec<f64> = v["scores"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    // verl: compute_score through verl's reward loop where installed (its loader, its naive reward
+    // manager, its rm_scores tensor); the scores must be /v1/rank's, asked directly.
+    let v = python("verl_reward.py", &["--url", &url, "--tokenizer", policy_tok.to_str().unwrap()]);
+    assert!(close(&v["scores"], &v["direct"], 1e-12), "verl's scores are not /v1/rank's: {v}");
+    assert_ne!(v["scores"][0], v["scores"][1], "a right and a wrong answer got the same score: {v}");
+    if v["client"] == "verl" {
+        eprintln!("verl {} reward loop with gramrr serve: {v}", v["verl_version"]);
+        assert_eq!(v["reward_manager"], "NaiveRewardManager", "{v}");
+        // One score per response, on its last valid token: the shape of the responses tensor.
+        assert_eq!(v["rm_scores_shape"], v["responses_shape"], "{v}");
+        assert_eq!(v["rm_scores_nonzero"], 2, "{v}");
+        assert!(close(&v["rm_scores_sum"], &v["scores"], 1e-6), "{v}");
+    } else {
+        skipped(&format!("verl's reward loop ({}): called compute_score directly", v["verl_missing"]));
+    }
+    // The batch manager's call: Bradley–Terry log-strengths of one group are centred.
+    let s: Vec<f64> = v["batch_scores"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     assert_eq!(s.len(), 5);
-    // Bradley–Terry log-strengths of one group are centred.
     assert!((s[0] + s[1] + s[2]).abs() < 1e-6 && (s[3] + s[4]).abs() < 1e-6, "{s:?}");
 
     // gramrr's own GRPO against the server: /v1/judge for the prompt with a reference (3 calls),
@@ -158,8 +202,7 @@ fn rl_framework_examples_talk_to_gramrr_serve() {
 
     // TRL: GRPOTrainer on a tiny policy on CPU, rewarded by the server.
     if !(has_python("trl") && has_python("torch")) {
-        // Written past the test harness's capture, so the skip shows in `cargo test` output.
-        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("skipped: TRL GRPOTrainer example (trl/torch not installed)\n"));
+        skipped("TRL GRPOTrainer example (trl/torch not installed)");
         return;
     }
     let policy = tmp.path().join("policy");

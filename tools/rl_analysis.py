@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""What the rewards of the demo's last act did, recomputed from the runs' own files.
+
+    python3 tools/rl_analysis.py OUT [OUT ...]            # from samples.jsonl and metrics.jsonl
+    python3 tools/rl_analysis.py OUT ... --judge           # also the RMs' pairwise accuracy (runs gramrr judge)
+
+OUT is a `gramrr demo --rl` output directory. Each GRPO run of the act, OUT/rl/<reward>/, holds
+samples.jsonl (every sampled response: step, prompt_id, response, reward) and metrics.jsonl (per
+step: reward_mean, ...). For each seed it prints a Markdown table with one row per reward:
+
+- mean reward of the right and of the wrong samples, and the gap: does the reward tell them apart?
+- groups (one prompt's samples in one step) with at least one right sample: where GRPO has
+  something right to push towards;
+- within the groups that hold both, how often a right sample got a higher reward than a wrong one
+  (ties count half): the ordering GRPO's advantages actually saw;
+- gold accuracy of the samples and the proxy reward in the first and last quarter of the steps
+  (quarters as the act's report.md cuts them): a proxy that rises while gold falls is
+  over-optimisation;
+- with --judge, the RM's pairwise accuracy on right-vs-wrong pairs drawn from the samples
+  (`gramrr judge` with the act's judging settings: compact template, reasoning mode, greedy,
+  72-token rationales, one order per pair).
+
+The samples carry no gold flag: "right" is recomputed here exactly as the act does it
+(`computation_correct` in crates/gramrr-pipeline/src/demo/domain.rs, applied to the bare question
+the way rl_act.rs does for its per-step gold accuracy). Nothing is written into OUT; the judge's
+files go to a temporary directory. Standard library only.
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+
+THINK = "<think>"
+# The act's reward runs, in the order its report lists them, and the stage whose model rewarded
+# each (the oracle is the verifier itself: nothing to judge).
+RUNS = [("gram-rr", "final"), ("vanilla", "baseline"), ("oracle", None)]
+# Rust's u32 parse: an optional '+' then ASCII digits (Python's int() would also take '_' and spaces).
+U32 = re.compile(r"\+?[0-9]+")
+
+
+def reversed_digits(n):
+    return str(n)[::-1]
+
+
+def question_of(prompt):
+    """`Q: 63-15? ` -> `63-15?`, as rl_act.rs's question_of."""
+    p = prompt.strip()
+    return p[2:].strip() if p.startswith("Q:") else p
+
+
+def computation_correct(question, text):
+    """Port of domain.rs: the text's worked steps after <think> are exactly the right ones.
+
+    `63-15?` wants `<think>36-51=84 so 48.` (operands and result written in reversed digits).
+    """
+    if not question.endswith("?"):
+        return False
+    q = question[:-1]
+    # The operator is the first '+' or '-' after the first character (Problem::parse).
+    i = next((k for k, c in enumerate(q) if k > 0 and c in "+-"), None)
+    if i is None or not U32.fullmatch(q[:i]) or not U32.fullmatch(q[i + 1:]):
+        return False
+    a, op, b = int(q[:i]), q[i], int(q[i + 1:])
+    c = a + b if op == "+" else a - b
+    if c < 0:
+        return False  # the domain asks a-b with a > b only; Rust's u32 would not get here either
+    start = text.find(THINK)
+    if start < 0:
+        return False
+    want = f"{reversed_digits(a)}{op}{reversed_digits(b)}={reversed_digits(c)} so {c}."
+    return text[start + len(THINK):].startswith(want)
+
+
+def stated_answer(text):
+    """What a response states as its result (`so 48.` -> `It is 48.`), as rl_act.rs's
+    stated_answer: the RMs judge this, not the worked steps."""
+    i = text.find(" so ")
+    if i >= 0:
+        n = re.match(r"[0-9]*", text[i + 4:]).group(0)
+        if n:
+            return f"It is {n}."
+    return text[:40]
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def mean(xs):
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def quarters(n):
+    """Step ranges (1-based, inclusive) of the quarters as RlActReport::to_markdown cuts them:
+    chunks of ceil(n/4) steps."""
+    q = max(1, math.ceil(n / 4))
+    return [(s + 1, min(s + q, n)) for s in range(0, n, q)]
+
+
+def analyse_run(run_dir):
+    samples = read_jsonl(os.path.join(run_dir, "samples.jsonl"))
+    for s in samples:
+        s["gold"] = computation_correct(question_of(s["prompt_id"]), s["response"])
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    metrics = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
+    steps = max(s["step"] for s in samples)
+    groups = {}
+    for s in samples:
+        groups.setdefault((s["step"], s["prompt_id"]), []).append(s)
+    right = [s["reward"] for s in samples if s["gold"]]
+    wrong = [s["reward"] for s in samples if not s["gold"]]
+    # Within mixed groups: every (right, wrong) pair, right above wrong counts 1, a tie 1/2.
+    wins, pairs = 0.0, 0
+    for g in groups.values():
+        for r in (s["reward"] for s in g if s["gold"]):
+            for w in (s["reward"] for s in g if not s["gold"]):
+                wins += 1.0 if r > w else 0.5 if r == w else 0.0
+                pairs += 1
+    proxy_by_step = {m["step"]: m["reward_mean"] for m in metrics}
+    qs = quarters(steps)
+
+    def quarter(lo, hi):
+        inq = [s for s in samples if lo <= s["step"] <= hi]
+        # metrics.jsonl's reward_mean is what the act's report plots; the samples' mean is the same
+        # number and stands in when metrics.jsonl is missing.
+        proxy = [proxy_by_step[k] for k in range(lo, hi + 1) if k in proxy_by_step]
+        return 100.0 * mean([s["gold"] for s in inq]), mean(proxy) if proxy else mean([s["reward"] for s in inq])
+
+    # The act's own per-step gold accuracy (report.json, computed by the Rust verifier) pins this
+    # port of it down: they must agree on every step.
+    per_step = [100.0 * mean([s["gold"] for s in samples if s["step"] == k]) for k in range(1, steps + 1)]
+    return {
+        "per_step_gold": per_step,
+        "samples": samples,
+        "groups": groups,
+        "n": len(samples),
+        "steps": steps,
+        "right_share": 100.0 * len(right) / len(samples),
+        "mean_right": mean(right),
+        "mean_wrong": mean(wrong),
+        "groups_with_right": 100.0 * sum(any(s["gold"] for s in g) for g in groups.values()) / len(groups),
+        "mixed_groups": sum(any(s["gold"] for s in g) and not all(s["gold"] for s in g) for g in groups.values()),
+        "ordered": 100.0 * wins / pairs if pairs else float("nan"),
+        "first": quarter(*qs[0]),
+        "last": quarter(*qs[-1]),
+    }
+
+
+def judge_pairs(groups, limit, seed):
+    """One right-vs-wrong pair per group whose right and wrong samples state different answers
+    (identical stated answers are a tie the act never puts to the judge), at most `limit`,
+    drawn with `seed`; A/B placement at random."""
+    rng = random.Random(seed)
+    pairs = []
+    for (step, pid), g in sorted(groups.items()):
+        rights = [s for s in g if s["gold"]]
+        wrongs = [s for s in g if not s["gold"]]
+        rng.shuffle(rights)
+        rng.shuffle(wrongs)
+        pick = next(((r, w) for r in rights for w in wrongs if stated_answer(r["response"]) != stated_answer(w["response"])), None)
+        if pick is None:
+            continue
+        r, w = (stated_answer(x["response"]) for x in pick)
+        a_right = rng.random() < 0.5
+        pairs.append({
+            "id": f"step{step}-{pid}",
+            "prompt": question_of(pid),
+            "response_a": r if a_right else w,
+            "response_b": w if a_right else r,
+            "label": "A" if a_right else "B",
+        })
+    rng.shuffle(pairs)
+    return pairs[:limit]
+
+
+def run_judge(gramrr, model, pairs, tmp, tag):
+    inp, outp, summ = (os.path.join(tmp, f"{tag}.{x}") for x in ("pairs.jsonl", "verdicts.jsonl", "summary.json"))
+    with open(inp, "w") as f:
+        for p in pairs:
+            f.write(json.dumps(p) + "\n")
+    cmd = [gramrr, "judge", "--model", model, "--input", inp, "--output", outp, "--summary", summ,
+           "--template", "compact", "--mode", "reason", "--one-order", "--max-new-tokens", "72"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    verdicts = read_jsonl(outp)
+    # A verdict that failed to parse has no label: it counts as not right.
+    right = sum(1 for v in verdicts if v.get("correct") is True)
+    failed = sum(1 for v in verdicts if v.get("label") is None)
+    return 100.0 * right / len(verdicts), len(verdicts), failed, " ".join(cmd[1:2] + cmd[6:])
+
+
+def fmt(x, spec):
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", nargs="+", help="demo output directories (each with rl/<reward>/samples.jsonl)")
+    ap.add_argument("--judge", action="store_true", help="also run `gramrr judge` on right-vs-wrong pairs from the samples")
+    ap.add_argument("--gramrr", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "gramrr"),
+                    help="the gramrr binary for --judge [default: target/release/gramrr]")
+    ap.add_argument("--pairs", type=int, default=300, help="most pairs judged per run [default: 300]")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the pair draw [default: 0]")
+    args = ap.parse_args()
+
+    checked, mismatched = 0, []
+    print("Right/wrong by the world's gold verifier, recomputed from each response (the samples carry no gold flag).\n")
+    for out in args.out:
+        report = os.path.join(out, "rl", "report.json")
+        act = json.load(open(report)) if os.path.exists(report) else {}
+        seed = act.get("seed", "?")
+        print(f"### seed {seed} (`{out}`)\n")
+        head = "| reward | samples | right | mean reward, right samples | mean reward, wrong samples | gap | groups with a right sample | right above wrong within a group | gold of samples, first → last quarter | proxy reward, first → last quarter |"
+        if args.judge:
+            head += " RM on right-vs-wrong pairs (n) |"
+        print(head)
+        print("|" + "---|" * head.count(" |"))
+        for slug, stage in RUNS:
+            run_dir = os.path.join(out, "rl", slug)
+            if not os.path.exists(os.path.join(run_dir, "samples.jsonl")):
+                continue
+            a = analyse_run(run_dir)
+            name = slug
+            rep = os.path.join(run_dir, "grpo_report.json")
+            if os.path.exists(rep):
+                name = json.load(open(rep)).get("reward", slug)
+            row = (f"| {name} | {a['n']} | {a['right_share']:.1f}% | {a['mean_right']:.3f} | {a['mean_wrong']:.3f} | "
+                   f"{a['mean_right'] - a['mean_wrong']:+.3f} | {a['groups_with_right']:.1f}% | "
+                   f"{fmt(a['ordered'], '.1f')}% of pairs in {a['mixed_groups']} groups | "
+                   f"{a['first'][0]:.1f}% → {a['last'][0]:.1f}% | {a['first'][1]:.3f} → {a['last'][1]:.3f} |")
+            rust = next((r["sample_gold"] for r in act.get("runs", []) if r["reward"] == name), None)
+            if rust is not None and (len(rust) != len(a["per_step_gold"]) or any(abs(x - y) > 1e-9 for x, y in zip(rust, a["per_step_gold"]))):
+                mismatched.append(f"{out} {slug}")
+            checked += rust is not None
+            if args.judge:
+                if stage is None:
+                    row += " — |"
+                else:
+                    pairs = judge_pairs(a["groups"], args.pairs, args.seed)
+                    with tempfile.TemporaryDirectory() as tmp:
+                        acc, n, failed, _ = run_judge(args.gramrr, os.path.join(out, "run", stage, "model"), pairs, tmp, slug)
+                    row += f" {acc:.1f}% ({n}{f', {failed} unparsed' if failed else ''}) |"
+            print(row)
+        print()
+    if mismatched:
+        print(f"error: the gold flags recomputed here disagree with the act's report.json (sample_gold) in: {', '.join(mismatched)}", file=sys.stderr)
+        return 1
+    print(f"Gold flags checked against the act's own per-step gold accuracy (report.json) in {checked} runs: identical.")
+    if args.judge:
+        print(f"RM pairwise accuracy: at most {args.pairs} pairs per run, one per group with a right and a wrong sample "
+              f"that state different answers (seed {args.seed}), the stated answers judged by the run's own RM "
+              "(`gramrr judge --template compact --mode reason --one-order --max-new-tokens 72`); unparsed verdicts count as wrong.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
