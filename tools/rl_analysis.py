@@ -180,19 +180,22 @@ def judge_pairs(groups, limit, seed):
     return pairs[:limit]
 
 
-def run_judge(gramrr, model, pairs, tmp, tag):
+def run_judge(gramrr, model, pairs, tmp, tag, both_orders=False):
     inp, outp, summ = (os.path.join(tmp, f"{tag}.{x}") for x in ("pairs.jsonl", "verdicts.jsonl", "summary.json"))
     with open(inp, "w") as f:
         for p in pairs:
             f.write(json.dumps(p) + "\n")
     cmd = [gramrr, "judge", "--model", model, "--input", inp, "--output", outp, "--summary", summ,
-           "--template", "compact", "--mode", "reason", "--one-order", "--max-new-tokens", "72"]
+           "--template", "compact", "--mode", "reason", "--max-new-tokens", "72"] + ([] if both_orders else ["--one-order"])
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     verdicts = read_jsonl(outp)
-    # A verdict that failed to parse has no label: it counts as not right.
+    # A verdict that failed to parse has no label: it counts as not right. With both orders,
+    # orders that disagree (`consistent: false`, no label) are a tie, which a Bradley-Terry
+    # reward scores 1/2.
     right = sum(1 for v in verdicts if v.get("correct") is True)
-    failed = sum(1 for v in verdicts if v.get("label") is None)
-    return 100.0 * right / len(verdicts), len(verdicts), failed, " ".join(cmd[1:2] + cmd[6:])
+    ties = sum(1 for v in verdicts if v.get("label") is None and v.get("consistent") is False)
+    failed = sum(1 for v in verdicts if v.get("label") is None) - ties
+    return 100.0 * right / len(verdicts), len(verdicts), failed, 100.0 * ties / len(verdicts)
 
 
 def fmt(x, spec):
@@ -205,6 +208,9 @@ def main():
     ap.add_argument("--judge", action="store_true", help="also run `gramrr judge` on right-vs-wrong pairs from the samples")
     ap.add_argument("--gramrr", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "gramrr"),
                     help="the gramrr binary for --judge [default: target/release/gramrr]")
+    ap.add_argument("--both-orders", action="store_true",
+                    help="with --judge: judge the same pairs again in both orders (a tie where they disagree), "
+                         "to see whether position-swapped judging would make a better reward")
     ap.add_argument("--pairs", type=int, default=300, help="most pairs judged per run [default: 300]")
     ap.add_argument("--seed", type=int, default=0, help="seed of the pair draw [default: 0]")
     args = ap.parse_args()
@@ -219,6 +225,8 @@ def main():
         head = "| reward | samples | right | mean reward, right samples | mean reward, wrong samples | gap | groups with a right sample | right above wrong within a group | gold of samples, first → last quarter | proxy reward, first → last quarter |"
         if args.judge:
             head += " RM on right-vs-wrong pairs (n) |"
+            if args.both_orders:
+                head += " same pairs, both orders: right + ties → right + ties/2 |"
         print(head)
         print("|" + "---|" * head.count(" |"))
         for slug, stage in RUNS:
@@ -245,7 +253,10 @@ def main():
                     pairs = judge_pairs(a["groups"], args.pairs, args.seed)
                     with tempfile.TemporaryDirectory() as tmp:
                         acc, n, failed, _ = run_judge(args.gramrr, os.path.join(out, "run", stage, "model"), pairs, tmp, slug)
-                    row += f" {acc:.1f}% ({n}{f', {failed} unparsed' if failed else ''}) |"
+                        row += f" {acc:.1f}% ({n}{f', {failed} unparsed' if failed else ''}) |"
+                        if args.both_orders:
+                            acc2, _, _, ties = run_judge(args.gramrr, os.path.join(out, "run", stage, "model"), pairs, tmp, slug + ".both", True)
+                            row += f" {acc2:.1f}% + {ties:.1f}% ties → {acc2 + ties / 2:.1f}% |"
             print(row)
         print()
     if mismatched:
