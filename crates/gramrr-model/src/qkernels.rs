@@ -103,6 +103,8 @@ pub struct QuantizedRows {
     d: Vec<f32>,
     /// (m, k/16): `dx·Σq` over each 16 values.
     ds16: Vec<f32>,
+    /// (m, k/32): `dx·Σq` over each chunk, for types whose `c` is one per chunk.
+    ds32: Vec<f32>,
 }
 
 impl QuantizedRows {
@@ -113,21 +115,27 @@ impl QuantizedRows {
         let mut qs = vec![0i8; m * k];
         let mut d = vec![0f32; m * k / QK];
         let mut ds16 = vec![0f32; m * k / 16];
+        let mut ds32 = vec![0f32; m * k / QK];
         for (c, xs) in x.chunks_exact(QK).enumerate() {
             let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
             let dx = amax / 127.0;
             let id = if dx > 0.0 { 1.0 / dx } else { 0.0 };
             let q = &mut qs[c * QK..(c + 1) * QK];
+            // Ties to even, as llama.cpp's SIMD quantizer rounds (`_mm256_round_ps`, nearest);
+            // unlike `round` it vectorises instead of calling `roundf` per value.
             for (q, v) in q.iter_mut().zip(xs) {
-                *q = (v * id).round() as i8;
+                *q = (v * id).round_ties_even() as i8;
             }
             d[c] = dx;
+            let mut both = 0;
             for h in 0..2 {
                 let s: i32 = q[16 * h..16 * h + 16].iter().map(|&v| v as i32).sum();
                 ds16[2 * c + h] = dx * s as f32;
+                both += s;
             }
+            ds32[c] = dx * both as f32;
         }
-        Self { k, m, qs, d, ds16 }
+        Self { k, m, qs, d, ds16, ds32 }
     }
 
     pub fn rows(&self) -> usize {
@@ -325,7 +333,7 @@ macro_rules! legacy_kernel {
                     let $b = w[i].add(c * $bytes);
                     ch[i] = $decode;
                 }
-                acc.add::<{ $signed }>(xq, r0, c, &ch);
+                acc.add::<{ $signed }, false>(xq, r0, c, &ch);
             }
             acc
         }
@@ -428,13 +436,14 @@ macro_rules! simd_kernels {
                 }
 
                 /// Adds chunk `c` of every input row: `dx·wv·Σu·q + ca·dx·Σq` (per 16 values).
-                /// With `SIGNED`, `u` holds signed weights and the dot is `|u|·sign(q, u)`.
+                /// With `SIGNED`, `u` holds signed weights and the dot is `|u|·sign(q, u)`, and
+                /// there is no `c` term. Without `HALVES`, `ca == cb` (one `c` per chunk: one
+                /// product with the chunk's `dx·Σq` instead of two).
                 #[target_feature(enable = $features)]
                 #[inline]
-                unsafe fn add<const SIGNED: bool>(&mut self, xq: &QuantizedRows, r0: usize, c: usize, ch: &[Ch; NW]) {
+                unsafe fn add<const SIGNED: bool, const HALVES: bool>(&mut self, xq: &QuantizedRows, r0: usize, c: usize, ch: &[Ch; NW]) {
                     let nc = xq.k / QK;
                     let ca = _mm_setr_ps(ch[0].ca, ch[1].ca, ch[2].ca, ch[3].ca);
-                    let cb = _mm_setr_ps(ch[0].cb, ch[1].cb, ch[2].cb, ch[3].cb);
                     for r in 0..R {
                         let row = r0 + r;
                         let x = _mm256_loadu_si256(xq.qs.as_ptr().add(row * xq.k + c * QK) as *const __m256i);
@@ -447,10 +456,13 @@ macro_rules! simd_kernels {
                             };
                             self.v[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(ch[i].wv, dx), self.v[i][r]);
                         }
-                        if !SIGNED {
+                        if !SIGNED && HALVES {
+                            let cb = _mm_setr_ps(ch[0].cb, ch[1].cb, ch[2].cb, ch[3].cb);
                             let s = xq.ds16.as_ptr().add(row * 2 * nc + 2 * c);
                             self.c[r] = _mm_fmadd_ps(ca, _mm_set1_ps(*s), self.c[r]);
                             self.c[r] = _mm_fmadd_ps(cb, _mm_set1_ps(*s.add(1)), self.c[r]);
+                        } else if !SIGNED {
+                            self.c[r] = _mm_fmadd_ps(ca, _mm_set1_ps(*xq.ds32.get_unchecked(row * nc + c)), self.c[r]);
                         }
                     }
                 }
@@ -539,8 +551,8 @@ macro_rules! simd_kernels {
                             let h = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
                             hi[i] = Ch { u: h, wv: _mm256_set1_ps(sc[i][j1]), ca: mn[i][j1], cb: mn[i][j1] };
                         }
-                        acc.add::<false>(xq, r0, 8 * s + 2 * jj, &lo);
-                        acc.add::<false>(xq, r0, 8 * s + 2 * jj + 1, &hi);
+                        acc.add::<false, false>(xq, r0, 8 * s + 2 * jj, &lo);
+                        acc.add::<false, false>(xq, r0, 8 * s + 2 * jj + 1, &hi);
                     }
                 }
                 acc
@@ -573,7 +585,7 @@ macro_rules! simd_kernels {
                             }
                         }
                         for wq in 0..4 {
-                            acc.add::<false>(xq, r0, 8 * s + 4 * n + wq, &ch[wq]);
+                            acc.add::<false, true>(xq, r0, 8 * s + 4 * n + wq, &ch[wq]);
                         }
                     }
                 }
