@@ -50,7 +50,8 @@ pub struct ModelArgs {
     /// With a server --model: seconds before a request is given up on that replica and re-sent.
     #[arg(long, default_value_t = 600)]
     pub request_timeout: u64,
-    /// Weight precision: f32, or bf16 (weights rounded to bf16; CPU computes in f32).
+    /// Weight precision: f32, or bf16 (matrices held as bf16; CPU matmuls take bf16 products
+    /// with f32 sums, on AVX512-BF16 where the CPU has it).
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDType,
     /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
