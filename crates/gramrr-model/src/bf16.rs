@@ -132,6 +132,39 @@ pub fn matmul(x: &[f32], m: usize, w: &[u16], n: usize, k: usize, isa: Isa) -> V
     y
 }
 
+/// Runs `iters` rounds of 24 independent `vdpbf16ps` (512-bit) on registers only, and returns
+/// the flops done (64 per instruction: 32 bf16 pairs, a multiply and an add each), or None
+/// without AVX512-BF16. Timed on every thread, it gives the instruction's sustained throughput
+/// on this machine: the peak that `gramrr bench engine` measures GEMMs against.
+pub fn peak_probe(iters: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if detected_isa() == Isa::Avx512Bf16 {
+        // SAFETY: the ISA was just checked.
+        unsafe { probe(iters) };
+        return Some(iters.div_ceil(256) as f64 * 256.0 * 24.0 * 64.0);
+    }
+    let _ = iters;
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn probe(iters: usize) {
+    use std::arch::x86_64::*;
+    let a: __m512bh = std::mem::transmute(_mm512_set1_epi16(0x3f80)); // bf16 1.0
+    let b: __m512bh = std::mem::transmute(_mm512_set1_epi16(0x3c00)); // bf16 2^-7
+    let mut acc = [_mm512_setzero_ps(); 24];
+    for _ in 0..iters.div_ceil(256) {
+        for _ in 0..256 {
+            for v in acc.iter_mut() {
+                *v = _mm512_dpbf16_ps(*v, a, b);
+            }
+        }
+        acc = std::hint::black_box(acc);
+    }
+    std::hint::black_box(acc);
+}
+
 /// y's buffer, shared by tasks that write disjoint columns.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
