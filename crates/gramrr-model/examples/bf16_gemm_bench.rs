@@ -12,7 +12,7 @@ fn best(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    for &(m, n, k) in &[(1usize, 1536usize, 576usize), (8, 1536, 576), (512, 1536, 576), (512, 576, 1536), (2048, 3072, 1024)] {
+    for &(m, n, k) in &[(1usize, 48usize, 576usize), (1, 384, 576), (1, 1536, 576), (8, 1536, 576), (512, 1536, 576), (512, 576, 1536), (2048, 3072, 1024)] {
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let w: Vec<u16> = (0..n * k).map(|i| bf16::to_bf16(((i * 104729) % 1000) as f32 / 1000.0 - 0.5)).collect();
         let flops = 2.0 * (m * n * k) as f64;

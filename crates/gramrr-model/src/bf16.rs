@@ -111,23 +111,32 @@ pub fn matmul(x: &[f32], m: usize, w: &[u16], n: usize, k: usize, isa: Isa) -> V
     let xb: Vec<u16> = x.iter().map(|&v| to_bf16(v)).collect();
     let out = SharedOut(y.as_mut_ptr());
     let gemm = isa == Isa::Avx512Bf16 && m >= GEMM_MIN_ROWS && k.is_multiple_of(2);
-    // Tasks are whole tiles of weight rows; a few per thread so that an uneven core finishes
-    // with the others.
+    // Tasks are whole tiles of weight rows, up to four per thread so that an uneven core
+    // finishes with the others, in a multiple of the thread count so they share out evenly.
+    // Each is worth at least MIN_TASK_MACS: handing a task to another thread costs
+    // microseconds, more than a decoding step's small projections compute; those run here.
+    const MIN_TASK_MACS: usize = 1 << 18;
     let tile = if gemm { gemm_tile::NR } else { 4 };
-    let tasks = (rayon::current_num_threads() * 4).max(1);
+    let threads = rayon::current_num_threads().max(1);
+    let rounds = (m * n * k / (MIN_TASK_MACS * threads)).min(4);
+    let tasks = if rounds == 0 { 1 } else { rounds * threads };
     let per = n.div_ceil(tasks).div_ceil(tile) * tile;
     let ranges: Vec<(usize, usize)> = (0..n).step_by(per).map(|a| (a, (a + per).min(n))).collect();
-    if gemm {
-        let xp = gemm_tile::pack(&xb, m, k);
-        ranges.par_iter().for_each(|&(a, b)| {
-            // SAFETY: the ISA was checked above; each task writes only columns a..b of y.
-            unsafe { gemm_tile::run(&xp, m, w, n, k, a, b, out) }
-        });
+    let xp = if gemm { gemm_tile::pack(&xb, m, k) } else { Vec::new() };
+    let task = |&(a, b): &(usize, usize)| {
+        // SAFETY: the ISA was checked above; each task writes only columns a..b of y.
+        unsafe {
+            if gemm {
+                gemm_tile::run(&xp, m, w, n, k, a, b, out)
+            } else {
+                dot_rows(&xb, m, w, n, k, a, b, out, isa)
+            }
+        }
+    };
+    if ranges.len() == 1 {
+        task(&ranges[0]);
     } else {
-        ranges.par_iter().for_each(|&(a, b)| {
-            // SAFETY: as above.
-            unsafe { dot_rows(&xb, m, w, n, k, a, b, out, isa) }
-        });
+        ranges.par_iter().for_each(task);
     }
     y
 }
