@@ -50,7 +50,8 @@ pub struct ModelArgs {
     /// With a server --model: seconds before a request is given up on that replica and re-sent.
     #[arg(long, default_value_t = 600)]
     pub request_timeout: u64,
-    /// Weight precision: f32, or bf16 (weights rounded to bf16; CPU computes in f32).
+    /// Weight precision: f32, or bf16 (matrices held as bf16; CPU matmuls take bf16 products
+    /// with f32 sums, on AVX512-BF16 where the CPU has it).
     #[arg(long, default_value = "f32")]
     pub dtype: WeightDType,
     /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
@@ -474,12 +475,59 @@ struct BenchEngineArgs {
     /// Timed repetitions (the best is reported; one untimed warm-up first).
     #[arg(long, default_value_t = 2)]
     reps: usize,
-    /// Skip the parts named here (score, decode, gemm).
+    /// Skip the parts named here (score, decode, gemm, gemm-bf16).
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Write the JSON here as well as to stdout.
     #[arg(long)]
     output: Option<PathBuf>,
+}
+
+/// The bf16 kernels (`--dtype bf16`'s matmuls) on the f32 benchmark's GEMM shape and on the
+/// model's MLP shape at prefill and decoding row counts, with the f32 product on the same
+/// shapes, and the machine's bf16 peak measured by [`gramrr_model::bf16::peak_probe`] on every
+/// thread at once.
+fn bench_bf16_gemm(cfg: &gramrr_model::DecoderConfig, rows: usize, reps: usize) -> Result<serde_json::Value> {
+    use gramrr_model::bf16;
+    let isa = bf16::chosen_isa();
+    let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
+    let mut shapes = Vec::new();
+    for (m, k, n) in [(2048, 1024, 3072), (rows, c, f), (rows, f, c), (8, c, f), (1, c, f)] {
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let wf: Vec<f32> = (0..n * k).map(|i| ((i * 104_729) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let w: Vec<u16> = wf.iter().map(|&v| bf16::to_bf16(v)).collect();
+        let flops = 2.0 * (m * k * n) as f64;
+        // Small products are timed over many calls, so that timer and pool start-up do not count.
+        let calls = ((2e9 / flops) as usize).clamp(1, 1000);
+        let secs = best_of(reps.max(3), || {
+            for _ in 0..calls {
+                std::hint::black_box(bf16::matmul(&x, m, &w, n, k, isa));
+            }
+            Ok(())
+        })? / calls as f64;
+        let xt = Tensor::from_vec(x, (m, k), &Device::Cpu)?;
+        let wt = Tensor::from_vec(wf, (n, k), &Device::Cpu)?;
+        let f32_secs = best_of(reps.max(3), || {
+            for _ in 0..calls {
+                std::hint::black_box(gramrr_model::ops::linear(&xt, &wt)?);
+            }
+            Ok(())
+        })? / calls as f64;
+        shapes.push(json!({"m": m, "k": k, "n": n, "gflops_per_second": flops / secs / 1e9,
+                           "f32_gflops_per_second": flops / f32_secs / 1e9}));
+    }
+    let mut v = json!({"kernels": format!("{isa:?}"), "shapes": shapes});
+    let iters = 1 << 20;
+    if bf16::peak_probe(1).is_some() {
+        let mut flops = 0.0;
+        let secs = best_of(reps.max(3), || {
+            flops = rayon::broadcast(|_| bf16::peak_probe(iters).unwrap_or(0.0)).iter().sum();
+            Ok(())
+        })?;
+        v["measured_peak_gflops_per_second"] = json!(flops / secs / 1e9);
+        v["peak_threads"] = json!(rayon::current_num_threads());
+    }
+    Ok(v)
 }
 
 fn vm_kib(field: &str) -> Option<u64> {
@@ -547,7 +595,8 @@ fn bench_engine(b: BenchEngineArgs) -> Result<()> {
     let mut out = json!({
         "model": engine.dir, "threads": threads, "parameters": cfg.num_parameters(),
         "weight_bytes_f32": weight_bytes, "load_seconds": load_s, "rss_after_load_kib": rss_after_load,
-        "matmul": gramrr_model::blas::describe(),
+        "matmul": gramrr_model::blas::describe(), "dtype": format!("{:?}", b.model.dtype),
+        "bf16_kernels": format!("{:?}", gramrr_model::bf16::chosen_isa()),
     });
 
     if !b.skip.iter().any(|s| s == "score") {
@@ -609,6 +658,9 @@ fn bench_engine(b: BenchEngineArgs) -> Result<()> {
         if let Some(s) = out.get("score").and_then(|s| s.get("gflops_per_second")).and_then(|g| g.as_f64()) {
             out["score"]["fraction_of_gemm_peak"] = json!(s / gf);
         }
+    }
+    if !b.skip.iter().any(|s| s == "gemm-bf16") {
+        out["gemm_bf16"] = bench_bf16_gemm(&cfg, b.score_len, b.reps)?;
     }
     let text = serde_json::to_string_pretty(&out)?;
     println!("{text}");

@@ -4,6 +4,7 @@
 //! only through the [`backend::Backend`] trait.
 
 pub mod attention;
+pub mod bf16;
 /// The backend trait and its types live in `gramrr-backend` (no engine there); re-exported so
 /// `gramrr_model::backend::*` keeps working.
 pub use gramrr_backend as backend;

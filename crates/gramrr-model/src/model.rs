@@ -66,8 +66,8 @@ pub struct Linear {
     pub lora: Option<LoraAdapter>,
     /// When set, the weight is a constant for backprop: gradients flow to the input only.
     pub frozen: bool,
-    /// A quantized weight (GGUF, inference): the matmul runs on it, and `weight` is only a
-    /// stand-in of the right shape.
+    /// A quantized weight (GGUF, or bf16 with `--dtype bf16`; inference): the matmul runs on
+    /// it, and `weight` is only a stand-in of the right shape.
     pub quant: Option<QuantLinear>,
 }
 

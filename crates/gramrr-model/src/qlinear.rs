@@ -20,6 +20,13 @@
 //! costs N·K once against the product's M·N·K, and the result is the f32 product of the
 //! dequantized weights (no 8-bit rounding of the activations). Decoding (a few rows) stays on
 //! the integer kernels, which read the weights at their quantized size.
+//!
+//! bf16 weights (`--dtype bf16`) are held here too, as one GGML `BF16` tensor (row-major bf16,
+//! so the embedding lookup, dequantizing and exports work as for any block type), and are
+//! multiplied by [`crate::bf16`]'s kernels at every row count: bf16 products with f32 sums
+//! (AVX512-BF16 where the CPU has it). On a CPU without it, many rows go to the f32 GEMM on
+//! the weight widened to f32 and the activations rounded to bf16: the same arithmetic, and
+//! faster than an FMA loop on widened bf16.
 
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
@@ -88,6 +95,12 @@ impl std::fmt::Debug for QuantLinear {
 }
 
 impl QuantLinear {
+    /// A dense (N, K) weight rounded to bf16 (round to nearest even) and held as bf16.
+    pub fn bf16(w: &Tensor) -> Result<Self> {
+        // One part: the bf16 kernels split the rows across threads themselves.
+        Self::with_slices(QTensor::quantize(&w.to_dtype(DType::F32)?.contiguous()?, GgmlDType::BF16)?, 1)
+    }
+
     /// Cuts `q` (N, K) into one slice per rayon thread.
     pub fn new(q: QTensor) -> Result<Self> {
         let (n, k) = q.shape().dims2()?;
@@ -146,6 +159,20 @@ impl QuantLinear {
             return Err(ModelError::Input(format!("quantized matmul: input {:?} for a {}x{} weight", x.dims(), self.n, self.k)));
         }
         let m = x.elem_count() / self.k;
+        if self.dtype == GgmlDType::BF16 && x.device().is_cpu() && self.parts.len() == 1 {
+            let isa = crate::bf16::chosen_isa();
+            if m >= DENSE_MIN_ROWS && isa != crate::bf16::Isa::Avx512Bf16 {
+                // Without bf16 instructions the f32 GEMM on the widened weight beats an FMA
+                // loop; with the activations rounded to bf16 first it is the same arithmetic
+                // as the kernels' (exact products, f32 sums), so results do not depend on M.
+                let xr = x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.reshape((m, self.k))?;
+                let y = crate::ops::linear(&xr, &self.parts[0].0.dequantize(&x.device().clone())?)?;
+                let mut dims = x.dims().to_vec();
+                *dims.last_mut().expect("rank ≥ 1") = self.n;
+                return Ok(y.reshape(dims)?);
+            }
+            return self.forward_bf16(&x, m, isa);
+        }
         if m >= DENSE_MIN_ROWS && x.device().is_cpu() && std::env::var_os("GRAMRR_QUANT_DENSE_OFF").is_none() {
             let x2 = x.reshape((m, self.k))?;
             let mut outs = Vec::with_capacity(self.parts.len());
@@ -169,6 +196,20 @@ impl QuantLinear {
             .map(|(p, _)| x.apply_op1_no_bwd(p.as_ref()))
             .collect::<candle_core::Result<_>>()?;
         Ok(Tensor::cat(&outs, x.rank() - 1)?)
+    }
+
+    /// The product on bf16 weights ([`crate::bf16`]).
+    fn forward_bf16(&self, x: &Tensor, m: usize, isa: crate::bf16::Isa) -> Result<Tensor> {
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let bytes = self.parts[0].0.data()?;
+        // GGML BF16 storage is a Vec<bf16>: 2-aligned, n·k values.
+        assert!(bytes.len() == 2 * self.n * self.k && (bytes.as_ptr() as usize).is_multiple_of(2), "BF16 weight storage");
+        // SAFETY: checked just above: the bytes are n·k aligned u16 values.
+        let w = unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const u16, self.n * self.k) };
+        let y = crate::bf16::matmul(&xs, m, w, self.n, self.k, isa);
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank ≥ 1") = self.n;
+        Ok(Tensor::from_vec(y, dims, &x.device().clone())?)
     }
 
     /// The few-rows product on gramrr's own integer kernels ([`crate::qkernels`]).
@@ -286,6 +327,29 @@ mod tests {
                         assert!((got[r][j] - want[r][j]).abs() < 1.0, "{dtype:?} m={m} [{r},{j}]: {} vs {}", got[r][j], want[r][j]);
                     }
                 }
+            }
+        }
+    }
+
+    /// A bf16 weight through `forward` (the kernels for few rows, the GEMM path for many,
+    /// rank-3 input): the scalar bf16 oracle's numbers, up to f32 summation order.
+    #[test]
+    fn bf16_forward_matches_the_scalar_kernel_at_every_row_count() {
+        let (n, k) = (70, 96);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let ql = QuantLinear::bf16(&w).unwrap();
+        assert_eq!((ql.dtype(), ql.size_in_bytes()), (GgmlDType::BF16, 2 * n * k));
+        let wb: Vec<u16> = w.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&v| crate::bf16::to_bf16(v)).collect();
+        for m in [1, 5, 40] {
+            let x = Tensor::randn(0f32, 1.0, (2, m, k), &Device::Cpu).unwrap();
+            let got = ql.forward(&x).unwrap();
+            assert_eq!(got.dims(), &[2, m, n]);
+            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let want = crate::bf16::matmul(&xs, 2 * m, &wb, n, k, crate::bf16::Isa::Scalar);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                // |x|, |w| ≈ 1 over 96 terms: Σ|wx| ≈ 60; f32 order differences ≤ 96·2^-24·60.
+                assert!((a - b).abs() < 1e-3, "m={m} [{i}]: {a} vs {b}");
             }
         }
     }

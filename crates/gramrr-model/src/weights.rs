@@ -13,9 +13,12 @@ use safetensors::SafeTensors;
 
 use crate::error::{ModelError, Result};
 use crate::model::WeightSource;
+use crate::qlinear::QuantLinear;
 
-/// Weight precision. On CPU everything computes in f32; `Bf16` rounds the weights to bf16 first
-/// (what a bf16 checkpoint holds), so results match a bf16 model upcast to f32.
+/// Weight precision. `Bf16` rounds every weight to bf16 (what a bf16 checkpoint holds). On CPU
+/// the matrices (the linear layers, the embedding and lm_head) are then held as bf16 and
+/// multiplied by bf16 kernels with f32 sums ([`crate::bf16`]); norms, rotary tables, softmax
+/// and the activations between layers stay f32. Training always loads `F32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum WeightDType {
     #[default]
@@ -166,6 +169,13 @@ impl WeightSource for SafetensorsCheckpoint {
     }
     fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
+    }
+    /// With `Bf16` on CPU, matrices stay bf16 (half the memory) for the bf16 kernels.
+    fn get_quantized(&self, name: &str, shape: &[usize]) -> Result<Option<QuantLinear>> {
+        if self.dtype != WeightDType::Bf16 || !self.device.is_cpu() {
+            return Ok(None);
+        }
+        Ok(Some(QuantLinear::bf16(&self.get(name, shape)?)?))
     }
 }
 

@@ -114,10 +114,11 @@ fn model_resolves_from_the_offline_hf_cache_by_repo_id() {
 #[test]
 fn bf16_option_rounds_f32_weights_like_a_bf16_checkpoint() {
     // qwen3-bf16 is qwen3-qknorm rounded to bf16: loading the f32 one with --dtype bf16 must
-    // give the bf16 checkpoint's numbers exactly.
+    // give the bf16 checkpoint's numbers exactly (same weights, same bf16 kernels), and
+    // neither is the f32 model's.
     let opts = LoadOptions { dtype: WeightDType::Bf16, ..Default::default() };
     let rounded = Engine::load(fixture("qwen3-qknorm").to_str().unwrap(), &opts).unwrap();
-    let bf16 = Engine::load(fixture("qwen3-bf16").to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let bf16 = Engine::load(fixture("qwen3-bf16").to_str().unwrap(), &opts).unwrap();
     let f32m = Engine::load(fixture("qwen3-qknorm").to_str().unwrap(), &LoadOptions::default()).unwrap();
     let req = [ScoreRequest { prompt: Prompt::Raw("The cat sat".into()), completion: " on the mat.".into() }];
     let a = rounded.score(&req).unwrap();
