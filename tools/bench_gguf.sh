@@ -21,17 +21,17 @@ FILES="${FILES:-smollm2.q8_0.gguf smollm2.q4_k_m.gguf SmolLM2-135M-Instruct.Q4_1
 f0=$(echo $FILES | cut -d' ' -f1)
 f32() {
   $G bench engine --model "$DIR/$f0" --dequantize --score-batch 1 --score-len 512 --prompt-len 128 --new-tokens 128 \
-     --decode-batches 1,8 --skip gemm --reps 2 --output "$OUT/gramrr.f32.$1.json" >/dev/null 2>&1
+     --decode-batches 1,8 --skip gemm,gemm-bf16 --reps 2 --output "$OUT/gramrr.f32.$1.json" >/dev/null 2>&1
 }
 f32 1
 for f in $FILES; do
   [[ -s "$DIR/$f" ]] || { echo "missing $DIR/$f (run tools/gguf_parity.sh)"; continue; }
   $G bench engine --model "$DIR/$f" --score-batch 1 --score-len 512 --prompt-len 128 --new-tokens 128 \
-     --decode-batches 1,8 --skip gemm --reps 2 --output "$OUT/gramrr.$f.json" >/dev/null 2>&1
+     --decode-batches 1,8 --skip gemm,gemm-bf16 --reps 2 --output "$OUT/gramrr.$f.json" >/dev/null 2>&1
   # Decoding on candle's kernels only (what gramrr did before qkernels), for comparison
   # (32 new tokens, one rep: candle's scalar Q5_0/Q4_1 kernels are slow).
   GRAMRR_QKERNELS=off $G bench engine --model "$DIR/$f" --score-batch 1 --score-len 16 --prompt-len 128 --new-tokens 32 \
-     --decode-batches 1,8 --skip gemm --reps 1 --output "$OUT/gramrr-candle.$f.json" >/dev/null 2>&1
+     --decode-batches 1,8 --skip gemm,gemm-bf16 --reps 1 --output "$OUT/gramrr-candle.$f.json" >/dev/null 2>&1
   if python3 -c "import llama_cpp" 2>/dev/null; then
     python3 tools/gguf_peer.py bench "$DIR/$f" "$THREADS" > "$OUT/llamacpp.$f.json"
   fi
