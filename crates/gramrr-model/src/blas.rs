@@ -4,7 +4,7 @@
 //!
 //! Which is fastest depends on the CPU, measured: on the 2-core Xeon of the first benchmarks MKL's
 //! and OpenBLAS's sgemm ran at about twice the `gemm` crate's speed per core; on the 2-core AMD
-//! EPYC (Zen 5) of later ones MKL takes its AVX2 path (it keeps AVX-512 for Intel) and the `gemm`
+//! EPYC (Zen 4) of later ones MKL takes its AVX2 path (it keeps AVX-512 for Intel) and the `gemm`
 //! crate's AVX-512 kernels are the faster (BENCHMARKS.md, `gramrr bench engine --skip
 //! score,decode`). Nothing is linked at build time: a library is opened with `dlopen` on first
 //! use, so the build, the tests and machines without one are unaffected. `GRAMRR_BLAS` chooses:
