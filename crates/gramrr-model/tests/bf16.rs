@@ -35,7 +35,7 @@ fn engines(name: &str) -> (Engine, Engine) {
 fn logits(engine: &Engine, seq: &[u32]) -> Vec<f32> {
     let t = seq.len();
     let mask = causal_mask(t, &Device::Cpu).unwrap();
-    let input = ForwardInput { ids: &[seq.to_vec()], positions: &[(0..t as u32).collect()], mask: Some(&mask), doc_starts: None };
+    let input = ForwardInput { ids: &[seq.to_vec()], positions: &[(0..t as u32).collect()], mask: Some(&mask), doc_starts: None, left_padding: None };
     let hidden = engine.model.forward_hidden(&input, None, &mut ForwardCtx::inference()).unwrap();
     engine.model.logits(&hidden).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
