@@ -144,6 +144,14 @@ pub fn pretrain_text(rng: &mut ChaCha8Rng, p: &Problem) -> (String, String) {
         let (va, vb) = (value(rng), value(rng));
         let (a, b) = (styled(va, rng.random_range(0..STYLES.len())), styled(vb, rng.random_range(0..STYLES.len())));
         prompt.push_str(&format!("A: {a}\nB: {b}\n"));
+        // Sometimes a third person's claim about them, as often wrong as right: text is full of
+        // claims, and a pretrained LLM still works the sum out after one. The prover's prompt
+        // carries a claim (`Claim A.`); without such lines the backbone's arithmetic after
+        // one fell from 99% to 69% right (`examples/backbone_eval.rs`, seed 0), and the
+        // prover's proofs inherited it.
+        if rng.random_bool(0.5) {
+            prompt.push_str(if rng.random_bool(0.5) { "Claim A.\n" } else { "Claim B.\n" });
+        }
         // Whether the two people agree: reading numbers for equality is a skill a pretrained
         // LLM has; which of them is right is never said.
         restated = format!(" A {va}. B {vb}. They {}.", if va == vb { "agree" } else { "differ" });
