@@ -178,7 +178,10 @@ impl DemoConfig {
             },
             // The paper's last stage fine-tunes on the human rationales for 1–2 epochs (GRAM's
             // reference recipe); 30 steps of 32 were ~5 epochs of the 200 seed rationales here,
-            // and cost 3–4 points of test accuracy on every seed (BENCHMARKS.md, Demo).
+            // and cost 3–4 points of test accuracy on every seed. Two epochs still cost 2–6:
+            // the self-trained RM already fits these rationales (first loss ~0.002), so AdamW
+            // turns near-zero gradients into full-size steps (BENCHMARKS.md, "Demo: what the
+            // numbers say").
             final_tune: TrainConfig { steps: None, epochs: 2.0, ..tc(steps[5], 5e-4, bs / 2, 0.1) },
             synthesis: SynthesisConfig { k: 4, temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 72, chunk: 128 },
             engine: EngineConfig { device: "cpu".into(), dtype: "f32".into(), batch_size: 512, max_batch_tokens: 65_536, workers: DEMO_WORKERS, ..EngineConfig::default() },
