@@ -1,10 +1,20 @@
 //! Diagnostic: what a pretrained demo backbone can do on held-out questions: compute (plain, in
 //! the judge prompt, in the prover prompt) and read the two answers back.
 //! usage: backbone_eval BACKBONE_DIR [SEED]
-use gramrr_data::PreferencePair;
+use gramrr_data::{Label, PreferencePair};
+use gramrr_model::backend::Prompt;
 use gramrr_model::{Engine, LoadOptions};
 use gramrr_pipeline::demo::computes_after;
 use gramrr_pipeline::demo::domain::{Domain, DomainSizes};
+use gramrr_pipeline::format::{CompactFormat, PairFormat};
+
+/// The pipeline's own prompts, so this measures exactly what the judge and the prover are asked.
+fn raw(prompt: Prompt) -> String {
+    match prompt {
+        Prompt::Raw(s) => s,
+        Prompt::Chat(_) => unreachable!("the compact format writes raw prompts"),
+    }
+}
 
 fn main() -> anyhow::Result<()> {
     gramrr_model::tune_threads();
@@ -16,8 +26,8 @@ fn main() -> anyhow::Result<()> {
     type Make = Box<dyn Fn(&PreferencePair) -> String>;
     let forms: Vec<(&str, Make)> = vec![
         ("plain", Box::new(|p| format!("Q: {} ", p.prompt.as_text()))),
-        ("judge", Box::new(|p| format!("A: {}\nB: {}\nQ: {} ", p.response_a, p.response_b, p.prompt.as_text()))),
-        ("claim", Box::new(|p| format!("A: {}\nB: {}\nClaim A.\nQ: {} ", p.response_a, p.response_b, p.prompt.as_text()))),
+        ("judge", Box::new(|p| raw(CompactFormat::default().judge_prompt(p)))),
+        ("claim", Box::new(|p| raw(CompactFormat::default().prover_prompt(p, Label::A).expect("A is a label")))),
     ];
     let mut line = String::new();
     for (name, make) in forms {

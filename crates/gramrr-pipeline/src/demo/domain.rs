@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::format::compact::{ANSWER, ANSWER_END, THINK, THINK_END};
+use crate::format::compact::{claim_line, ANSWER, ANSWER_END, THINK, THINK_END};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -130,7 +130,7 @@ pub const OPENINGS: [&str; 8] = ["", "", "", "OK. ", "Let me see. ", "Well, ", "
 
 /// A pretraining document (its prompt and continuation): sometimes two people's answers to
 /// the question first (right or wrong, in any style: answers sit around questions in real
-/// text), then the question, an opening and the worked steps, and, when there were answers,
+/// text) and, half of those times, a claim for one of them at random, then the question, an opening and the worked steps, and, when there were answers,
 /// what each of them says and whether they agree (`A 49. B 48. They differ.`). A pretrained
 /// LLM can compute, read back what a text says and tell equal numbers; the backbone learns
 /// these here. No judgment is ever written: deciding
@@ -150,7 +150,7 @@ pub fn pretrain_text(rng: &mut ChaCha8Rng, p: &Problem) -> (String, String) {
         // one fell from 99% to 69% right (`examples/backbone_eval.rs`, seed 0), and the
         // prover's proofs inherited it.
         if rng.random_bool(0.5) {
-            prompt.push_str(if rng.random_bool(0.5) { "Claim A.\n" } else { "Claim B.\n" });
+            prompt.push_str(&claim_line(if rng.random_bool(0.5) { Label::A } else { Label::B }));
         }
         // Whether the two people agree: reading numbers for equality is a skill a pretrained
         // LLM has; which of them is right is never said.
@@ -386,6 +386,30 @@ mod tests {
             assert!(Problem::parse(q).is_some(), "{prompt:?}");
             assert!(!test_q.contains(q));
         }
+    }
+
+    #[test]
+    fn pretraining_claims_are_as_often_wrong_as_right() {
+        let d = Domain::generate(3, &DomainSizes { pretrain: 4000, ..sizes() });
+        let value = |line: &str| -> u32 { line.chars().filter(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap() };
+        let (mut claims, mut right, mut with_answers) = ([0usize; 2], 0usize, 0usize);
+        for (prompt, _) in &d.pretrain {
+            let lines: Vec<&str> = prompt.lines().collect();
+            if !prompt.starts_with("A: ") {
+                assert!(!prompt.contains("Claim"), "a claim without answers: {prompt:?}");
+                continue;
+            }
+            with_answers += 1;
+            let Some(i) = [Label::A, Label::B].iter().position(|&l| lines[2] == claim_line(l).trim_end()) else { continue };
+            claims[i] += 1;
+            let p = Problem::parse(lines.last().unwrap().trim_start_matches("Q: ").trim_end()).unwrap();
+            right += (value(lines[i]) == p.answer()) as usize;
+        }
+        let n = claims[0] + claims[1];
+        let share = |k: usize, of: usize| k as f64 / of as f64;
+        assert!((0.4..0.6).contains(&share(n, with_answers)), "{n} claims in {with_answers} documents with answers");
+        assert!((0.4..0.6).contains(&share(claims[0], n)), "claims A/B {claims:?}");
+        assert!((0.4..0.6).contains(&share(right, n)), "{right} of {n} claims right");
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub struct Body {
     pub restated: [String; 2],
 }
 
+/// The prover prompt's claim (`Claim B.\n`). The demo's pretraining text carries the same line,
+/// so the backbone has worked sums after one before the prover is trained.
+pub fn claim_line(label: Label) -> String {
+    format!("Claim {}.\n", label.as_str())
+}
+
 fn label_of(s: &str) -> Option<Label> {
     match s {
         "A" => Some(Label::A),
@@ -168,13 +174,7 @@ impl PairFormat for CompactFormat {
         if label == Label::Tie {
             return Err(FormatError("a proof needs label A or B, not a tie".into()));
         }
-        Ok(Prompt::Raw(format!(
-            "A: {}\nB: {}\nClaim {}.\nQ: {} ",
-            pair.response_a,
-            pair.response_b,
-            label.as_str(),
-            pair.prompt.as_text()
-        )))
+        Ok(Prompt::Raw(format!("A: {}\nB: {}\n{}Q: {} ", pair.response_a, pair.response_b, claim_line(label), pair.prompt.as_text())))
     }
 
     fn context_free_prompt(&self) -> Prompt {
