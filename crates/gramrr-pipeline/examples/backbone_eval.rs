@@ -1,5 +1,5 @@
 //! Diagnostic: what a pretrained demo backbone can do on held-out questions: compute (plain, in
-//! the judge prompt, in the prover prompt) and read the two answers back.
+//! the judge prompt, in the prover prompt), read the two answers back, and tell whether they agree.
 //! usage: backbone_eval BACKBONE_DIR [SEED]
 use gramrr_data::{Label, PreferencePair};
 use gramrr_model::backend::Prompt;
@@ -36,6 +36,14 @@ fn main() -> anyhow::Result<()> {
         if name == "judge" {
             let read = d.test.iter().zip(&out).filter(|(p, o)| o.contains(&format!(" A {}. B {}.", num(&p.response_a), num(&p.response_b)))).count();
             line.push_str(&format!("(reads both answers back {:.1}%) ", 100.0 * read as f64 / d.test.len() as f64));
+            // Equality, the skill the reward model's verdicts (`A 180 vs 181 no`) rest on. Test
+            // pairs always differ; then the same questions with B saying what A says.
+            let differ = out.iter().filter(|o| o.contains("They differ.")).count();
+            line.push_str(&format!("(says they differ {:.1}%", 100.0 * differ as f64 / d.test.len() as f64));
+            let same: Vec<PreferencePair> = d.test.iter().map(|p| PreferencePair { response_b: format!("It is {}.", num(&p.response_a)), ..p.clone() }).collect();
+            let (_, out2) = computes_after(&engine, &same, |p| raw(CompactFormat::default().judge_prompt(p)), 60)?;
+            let agree = out2.iter().filter(|o| o.contains("They agree.")).count();
+            line.push_str(&format!(", agree {:.1}%) ", 100.0 * agree as f64 / same.len() as f64));
         }
     }
     println!("{}: {line}", a[0]);
