@@ -46,7 +46,7 @@ use report::{Accuracy, ProofSelection, PseudoLabelReport, RationaleQuality, Repo
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DemoSize {
-    /// The real demonstration (≤ 20 minutes on 2 cores; about 9 measured).
+    /// The real demonstration (≤ 20 minutes on 2 cores; 17.5 measured on an AMD EPYC).
     Full,
     /// The same report from a smaller world (≤ 3 minutes, for CI; about 1 measured). Its
     /// backbone is pretrained too briefly to compute, so its accuracies stay near chance.
@@ -151,6 +151,9 @@ impl DemoConfig {
             ),
         };
         let bs = if size == DemoSize::Tiny { 8 } else { 64 };
+        // The paper runs three self-training iterations. The smaller sizes run two to stay fast
+        // (they check the plumbing; the quick demo runs in CI).
+        let iterations = if size == DemoSize::Full { 3 } else { 2 };
         DemoConfig {
             sizes,
             backbone,
@@ -165,7 +168,7 @@ impl DemoConfig {
             reward_model: tc(steps[2], 1.5e-3, bs, 0.1),
             baseline: tc(steps[3], 1.5e-3, bs / 2, 0.1),
             self_training: SelfTrainingConfig {
-                iterations: 2,
+                iterations,
                 batch: 0,
                 votes: 3,
                 temperature: 0.8,
