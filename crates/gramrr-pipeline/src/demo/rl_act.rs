@@ -55,6 +55,10 @@ pub struct RlActConfig {
     /// the first two.
     #[serde(default = "all_rewards")]
     pub rewards: Vec<String>,
+    /// Seed of GRPO's sampling and shuffling; unset, the demo's seed. Set it to see how much
+    /// of a result is the run's luck rather than the reward (same policy, same RM).
+    #[serde(default)]
+    pub grpo_seed: Option<u64>,
 }
 
 fn one() -> usize {
@@ -68,9 +72,9 @@ fn all_rewards() -> Vec<String> {
 impl RlActConfig {
     pub fn new(size: DemoSize) -> Self {
         match size {
-            DemoSize::Full => RlActConfig { policy_steps: 100, careless: 0.7, steps: 60, prompts_per_step: 8, group_size: 8, lr: 1e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 300, best_of_n_questions: 100, judge_votes: 1, rewards: all_rewards() },
-            DemoSize::Quick => RlActConfig { policy_steps: 40, careless: 0.7, steps: 20, prompts_per_step: 8, group_size: 4, lr: 1e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 200, best_of_n_questions: 40, judge_votes: 1, rewards: all_rewards() },
-            DemoSize::Tiny => RlActConfig { policy_steps: 4, careless: 0.7, steps: 2, prompts_per_step: 2, group_size: 2, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 8, eval_questions: 8, best_of_n_questions: 4, judge_votes: 1, rewards: all_rewards() },
+            DemoSize::Full => RlActConfig { policy_steps: 100, careless: 0.7, steps: 60, prompts_per_step: 8, group_size: 8, lr: 1e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 300, best_of_n_questions: 100, judge_votes: 1, rewards: all_rewards(), grpo_seed: None },
+            DemoSize::Quick => RlActConfig { policy_steps: 40, careless: 0.7, steps: 20, prompts_per_step: 8, group_size: 4, lr: 1e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 40, eval_questions: 200, best_of_n_questions: 40, judge_votes: 1, rewards: all_rewards(), grpo_seed: None },
+            DemoSize::Tiny => RlActConfig { policy_steps: 4, careless: 0.7, steps: 2, prompts_per_step: 2, group_size: 2, lr: 3e-4, temperature: 1.0, beta: 0.04, max_new_tokens: 8, eval_questions: 8, best_of_n_questions: 4, judge_votes: 1, rewards: all_rewards(), grpo_seed: None },
         }
     }
 
@@ -78,7 +82,15 @@ impl RlActConfig {
     /// them (for experiments; the report records the settings it ran with).
     pub fn for_size(size: DemoSize) -> std::result::Result<Self, String> {
         let base = Self::new(size);
-        let Ok(text) = std::env::var("GRAMRR_DEMO_RL") else { return Ok(base) };
+        match std::env::var("GRAMRR_DEMO_RL") {
+            Ok(text) => base.with_overrides(&text),
+            Err(_) => Ok(base),
+        }
+    }
+
+    /// These settings with the fields of a JSON object put over them; unknown fields are refused.
+    pub fn with_overrides(self, text: &str) -> std::result::Result<Self, String> {
+        let base = self;
         let mut v = serde_json::to_value(&base).expect("serializes");
         let over: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(&text).map_err(|e| format!("GRAMRR_DEMO_RL is not a JSON object: {e}"))?;
@@ -279,7 +291,7 @@ pub fn run_rl_act(out: &Path, size: DemoSize, seed: u64, domain: &Domain, policy
         micro_batch: 64,
         sampling: SamplingParams { max_new_tokens: act.max_new_tokens, temperature: act.temperature, ..SamplingParams::default() },
         loss: gramrr_train::policy::PolicyLossConfig { beta: act.beta, ..Default::default() },
-        seed,
+        seed: act.grpo_seed.unwrap_or(seed),
         ..GrpoConfig::default()
     };
     let mut runs = vec![];
@@ -488,6 +500,17 @@ mod tests {
         assert!(computation_correct(q, "Sure. <think>36-51=84 so 48.</think>"));
         assert!(!computation_correct("Q: 63-15? ", "<think>36-51=84 so 48.</think>"), "the prompt as given does not parse");
         assert_eq!(stated_answer("<think>36-51=84 so 48.</think>"), "It is 48.");
+    }
+
+    #[test]
+    fn overrides_set_known_fields_and_refuse_unknown_ones() {
+        let base = RlActConfig::new(DemoSize::Tiny);
+        assert_eq!(base.grpo_seed, None);
+        let c = base.clone().with_overrides(r#"{"grpo_seed": 101, "rewards": ["gram-rr"]}"#).unwrap();
+        assert_eq!((c.grpo_seed, c.rewards.as_slice(), c.steps), (Some(101), &["gram-rr".to_string()][..], base.steps));
+        let e = base.clone().with_overrides(r#"{"grpo_sed": 101}"#).unwrap_err();
+        assert!(e.contains("grpo_sed"), "{e}");
+        assert!(base.with_overrides("[1]").unwrap_err().contains("not a JSON object"));
     }
 
     #[test]
