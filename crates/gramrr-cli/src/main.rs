@@ -58,13 +58,13 @@ enum Command {
     /// Builds a seeded world of 2-digit arithmetic preference pairs (a few with human-style
     /// rationales, more with labels only, many unlabeled, 1,000 held out), pretrains a tiny
     /// Qwen3-architecture backbone on domain text, then runs GRAM-R² on it: the preference-proving
-    /// model, proof synthesis with Eq. 5, the reward model, two self-training rounds and the
+    /// model, proof synthesis with Eq. 5, the reward model, three self-training rounds (two at --quick) and the
     /// final fine-tune, beside a vanilla generative RM and a compute-matched control. Then its
     /// last act puts the reward models to work: GRPO on a policy with each of them and with the
     /// gold verifier, and best-of-n curves (skip with --no-rl). Writes OUT/report.md (tables,
     /// targets, a plot), OUT/report.json, OUT/accuracy.png and OUT/rl/ (report.md, rl.png).
-    /// The reward models take about 9 minutes on 2 cores of an AMD EPYC and 12 on a Xeon
-    /// (--quick: 1 and 2.5); the last act adds a few minutes (341 s on a heavily loaded EPYC).
+    /// The whole demo took 17.5 minutes on 2 cores of an AMD EPYC, the last act's minute
+    /// included (--quick: about 1 minute there, 2.5 on a Xeon).
     /// Interrupted runs continue with --resume.
     Demo(cmd_pipeline::DemoArgs),
     /// Measure engine speed and memory (writes JSON for BENCHMARKS.md).
