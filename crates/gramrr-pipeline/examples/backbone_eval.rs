@@ -16,6 +16,10 @@ fn raw(prompt: Prompt) -> String {
     }
 }
 
+fn judge_prompt(p: &PreferencePair) -> String {
+    raw(CompactFormat::default().judge_prompt(p))
+}
+
 fn main() -> anyhow::Result<()> {
     gramrr_model::tune_threads();
     let a: Vec<String> = std::env::args().skip(1).collect();
@@ -26,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     type Make = Box<dyn Fn(&PreferencePair) -> String>;
     let forms: Vec<(&str, Make)> = vec![
         ("plain", Box::new(|p| format!("Q: {} ", p.prompt.as_text()))),
-        ("judge", Box::new(|p| raw(CompactFormat::default().judge_prompt(p)))),
+        ("judge", Box::new(judge_prompt)),
         ("claim", Box::new(|p| raw(CompactFormat::default().prover_prompt(p, Label::A).expect("A is a label")))),
     ];
     let mut line = String::new();
@@ -41,7 +45,7 @@ fn main() -> anyhow::Result<()> {
             let differ = out.iter().filter(|o| o.contains("They differ.")).count();
             line.push_str(&format!("(says they differ {:.1}%", 100.0 * differ as f64 / d.test.len() as f64));
             let same: Vec<PreferencePair> = d.test.iter().map(|p| PreferencePair { response_b: format!("It is {}.", num(&p.response_a)), ..p.clone() }).collect();
-            let (_, out2) = computes_after(&engine, &same, |p| raw(CompactFormat::default().judge_prompt(p)), 60)?;
+            let (_, out2) = computes_after(&engine, &same, judge_prompt, 60)?;
             let agree = out2.iter().filter(|o| o.contains("They agree.")).count();
             line.push_str(&format!(", agree {:.1}%) ", 100.0 * agree as f64 / same.len() as f64));
         }

@@ -130,11 +130,12 @@ pub const OPENINGS: [&str; 8] = ["", "", "", "OK. ", "Let me see. ", "Well, ", "
 
 /// A pretraining document (its prompt and continuation): sometimes two people's answers to
 /// the question first (right or wrong, in any style: answers sit around questions in real
-/// text) and, half of those times, a claim for one of them at random, then the question, an opening and the worked steps, and, when there were answers,
-/// what each of them says and whether they agree (`A 49. B 48. They differ.`). A pretrained
-/// LLM can compute, read back what a text says and tell equal numbers; the backbone learns
-/// these here. No judgment is ever written: deciding
-/// which answer is right is what the reward models have to learn.
+/// text) and, half of those times, a claim for one of them at random; then the question, an
+/// opening and the worked steps, and, when there were answers, what each of them says and
+/// whether they agree (`A 49. B 48. They differ.`). A pretrained LLM can compute, read back
+/// what a text says and tell equal numbers; the backbone learns the first two here, and is
+/// measured not to learn the third (BENCHMARKS.md, "Demo: what the numbers say"). No judgment
+/// is ever written: deciding which answer is right is what the reward models have to learn.
 pub fn pretrain_text(rng: &mut ChaCha8Rng, p: &Problem) -> (String, String) {
     let mut prompt = String::new();
     let mut restated = String::new();

@@ -90,10 +90,9 @@ impl RlActConfig {
 
     /// These settings with the fields of a JSON object put over them; unknown fields are refused.
     pub fn with_overrides(self, text: &str) -> std::result::Result<Self, String> {
-        let base = self;
-        let mut v = serde_json::to_value(&base).expect("serializes");
+        let mut v = serde_json::to_value(&self).expect("serializes");
         let over: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&text).map_err(|e| format!("GRAMRR_DEMO_RL is not a JSON object: {e}"))?;
+            serde_json::from_str(text).map_err(|e| format!("GRAMRR_DEMO_RL is not a JSON object: {e}"))?;
         for (k, x) in over {
             if v.get(&k).is_none() {
                 return Err(format!("GRAMRR_DEMO_RL: unknown setting {k:?}"));
