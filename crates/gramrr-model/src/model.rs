@@ -262,6 +262,27 @@ impl Linear {
         Ok(y)
     }
 
+    /// `x Wᵀ` for linears that share their input (q, k, v; gate, up). Quantized weights without
+    /// adapters take one activation quantization and one parallel region
+    /// ([`QuantLinear::forward_shared_input`]); the rest go one by one.
+    pub fn forward_shared<const N: usize>(lins: [&Linear; N], x: &Tensor, ctx: &mut ForwardCtx) -> Result<[Tensor; N]> {
+        let quants: Option<Vec<&QuantLinear>> = lins.iter().map(|l| l.quant.as_ref().filter(|_| l.lora.is_none())).collect();
+        let ys: Vec<Tensor> = match quants {
+            Some(qs) => {
+                let ys = QuantLinear::forward_shared_input(&qs, x)?;
+                ys.into_iter()
+                    .zip(lins)
+                    .map(|(y, l)| match &l.bias {
+                        Some(b) => Ok(y.broadcast_add(b)?),
+                        None => Ok(y),
+                    })
+                    .collect::<Result<_>>()?
+            }
+            None => lins.iter().map(|l| l.forward(x, ctx)).collect::<Result<_>>()?,
+        };
+        Ok(ys.try_into().unwrap_or_else(|_| unreachable!("one output per linear")))
+    }
+
     /// `W + scale · B A`: the weight a merged checkpoint carries.
     pub fn merged_weight(&self) -> Result<Tensor> {
         let w = self.dense_weight()?;
@@ -504,9 +525,10 @@ impl Attention {
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
         let (h, kh, d) = (self.n_heads, self.n_kv, self.head_dim);
-        let q = self.q_proj.forward(x, ctx)?.reshape((b, t, h, d))?;
-        let k = self.k_proj.forward(x, ctx)?.reshape((b, t, kh, d))?;
-        let v = self.v_proj.forward(x, ctx)?.reshape((b, t, kh, d))?;
+        let [q, k, v] = Linear::forward_shared([&self.q_proj, &self.k_proj, &self.v_proj], x, ctx)?;
+        let q = q.reshape((b, t, h, d))?;
+        let k = k.reshape((b, t, kh, d))?;
+        let v = v.reshape((b, t, kh, d))?;
         let q = match &self.q_norm {
             Some(n) => n.forward(&q, ctx.train)?,
             None => q,
@@ -596,8 +618,7 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x, ctx)?;
-        let up = self.up_proj.forward(x, ctx)?;
+        let [gate, up] = Linear::forward_shared([&self.gate_proj, &self.up_proj], x, ctx)?;
         self.down_proj.forward(&ops::swiglu(&gate, &up)?, ctx)
     }
 }

@@ -154,51 +154,66 @@ pub fn available(isa: Isa) -> bool {
 /// `dtype`, rows of `xq.k` values): the product transposed, (rows, m). Threads over weight
 /// rows with rayon.
 pub fn matmul_t(dtype: GgmlDType, w: &[u8], rows: usize, xq: &QuantizedRows, out: &mut [f32], isa: Isa) {
-    assert!(available(isa), "{isa:?} kernels on a CPU without them");
-    let (bv, bb) = block_bytes(dtype).expect("supported dtype");
-    let k = xq.k;
-    assert_eq!(k % bv, 0, "{dtype:?} rows of {k} values");
-    let row_bytes = k / bv * bb;
-    assert_eq!(w.len(), rows * row_bytes, "{dtype:?} weight bytes for {rows} rows of {k}");
-    let m = xq.m;
-    assert_eq!(out.len(), rows * m);
-    // A few tasks per thread balance the load; each must stay long against rayon's overhead.
-    let per_task = (rows / (rayon::current_num_threads() * 4)).clamp(16, 256);
-    let per_task = per_task.div_ceil(WROWS) * WROWS;
-    out.par_chunks_mut(per_task * m).enumerate().for_each(|(t, out)| {
-        let n0 = t * per_task;
-        for (i, o) in out.chunks_mut(WROWS * m).enumerate() {
-            let first = n0 + i * WROWS;
-            let count = o.len() / m;
-            // The tile two ahead, which the SIMD kernels prefetch: a decoding step streams
-            // the whole weight from memory once, and the hardware prefetcher alone left the
-            // loads of the weight bytes as the top stall (perf annotate of a Q8_0 decode).
-            let ahead = &w[((first + 2 * WROWS) * row_bytes).min(w.len())..((first + 3 * WROWS) * row_bytes).min(w.len())];
-            row_dots(dtype, &w[first * row_bytes..(first + count) * row_bytes], row_bytes, ahead, xq, o, isa);
-        }
-    });
+    matmul_t_many(&mut [WeightRows { dtype, w, rows, out }], xq, isa);
 }
 
-/// Weight rows the SIMD kernels take together: the activation chunk is loaded once for them,
-/// and their accumulators are independent chains.
-const WROWS: usize = 4;
+/// One weight's rows and where its product goes, for [`matmul_t_many`].
+pub struct WeightRows<'a> {
+    pub dtype: GgmlDType,
+    pub w: &'a [u8],
+    pub rows: usize,
+    /// (rows, m)
+    pub out: &'a mut [f32],
+}
 
-/// Up to [`WROWS`] consecutive weight rows (`row_bytes` each) against every input row.
-fn row_dots(dtype: GgmlDType, rows: &[u8], row_bytes: usize, ahead: &[u8], xq: &QuantizedRows, out: &mut [f32], isa: Isa) {
+/// [`matmul_t`] for several weights that share the input (a layer's q, k and v; gate and up),
+/// in one parallel region: a decoding step pays rayon's hand-over once for them, not per
+/// weight.
+pub fn matmul_t_many(weights: &mut [WeightRows], xq: &QuantizedRows, isa: Isa) {
+    assert!(available(isa), "{isa:?} kernels on a CPU without them");
+    let (k, m) = (xq.k, xq.m);
+    let total: usize = weights.iter().map(|w| w.rows).sum();
+    // A few tasks per thread balance the load; each must stay long against rayon's overhead.
+    let per_task = (total / (rayon::current_num_threads() * 4)).clamp(16, 256);
+    let mut tasks = Vec::new();
+    for wr in weights.iter_mut() {
+        let (bv, bb) = block_bytes(wr.dtype).expect("supported dtype");
+        assert_eq!(k % bv, 0, "{:?} rows of {k} values", wr.dtype);
+        let row_bytes = k / bv * bb;
+        assert_eq!(wr.w.len(), wr.rows * row_bytes, "{:?} weight bytes for {} rows of {k}", wr.dtype, wr.rows);
+        assert_eq!(wr.out.len(), wr.rows * m);
+        let (dtype, w) = (wr.dtype, wr.w);
+        for (t, out) in wr.out.chunks_mut(per_task * m).enumerate() {
+            let n0 = t * per_task;
+            let count = out.len() / m;
+            tasks.push((dtype, &w[n0 * row_bytes..(n0 + count) * row_bytes], row_bytes, out));
+        }
+    }
+    tasks.into_par_iter().for_each(|(dtype, w, row_bytes, out)| row_dots(dtype, w, row_bytes, xq, out, isa));
+}
+
+/// Weight rows the SIMD kernels take together. One: each row is then read from start to end
+/// before the next, a single sequential stream that the hardware prefetcher follows. With four
+/// rows side by side (one activation load for four rows), a decoding matvec that streams its
+/// weight from memory ran at half the rate even with software prefetching
+/// (examples/qkernel_stream.rs: Q8_0 10–15 GB/s against 16–19 on one Zen 4 core).
+const WROWS: usize = 1;
+
+/// Consecutive weight rows (`row_bytes` each) against every input row.
+fn row_dots(dtype: GgmlDType, rows: &[u8], row_bytes: usize, xq: &QuantizedRows, out: &mut [f32], isa: Isa) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Vnni => {
             // SAFETY: `matmul_t` checked that the CPU has these features, and the row lengths
             // against the block count.
-            unsafe { vnni::row_dots(dtype, rows, row_bytes, ahead, xq, out) }
+            unsafe { vnni::row_dots(dtype, rows, row_bytes, xq, out) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             // SAFETY: as above, for AVX2/FMA/F16C.
-            unsafe { avx2::row_dots(dtype, rows, row_bytes, ahead, xq, out) }
+            unsafe { avx2::row_dots(dtype, rows, row_bytes, xq, out) }
         }
         _ => {
-            let _ = ahead;
             for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(xq.m)) {
                 scalar_row_dots(dtype, row, xq, o);
             }
@@ -359,34 +374,32 @@ macro_rules! simd_kernels {
 
             use super::WROWS as NW;
 
-            /// `rows` holds 1..=NW weight rows of `row_bytes`; `out` is (rows, m). `ahead` is
-            /// prefetched.
+            /// `rows` holds weight rows of `row_bytes`, taken NW at a time; `out` is (rows, m).
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn row_dots(dtype: GgmlDType, rows: &[u8], row_bytes: usize, ahead: &[u8], xq: &QuantizedRows, out: &mut [f32]) {
-                for line in (0..ahead.len()).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T1>(ahead.as_ptr().add(line) as *const i8);
-                }
-                let count = rows.len() / row_bytes;
-                // Missing rows repeat the last one; their results are dropped.
-                let mut w = [rows.as_ptr(); NW];
-                for (i, w) in w.iter_mut().enumerate() {
-                    *w = rows.as_ptr().add(i.min(count - 1) * row_bytes);
-                }
+            pub(super) unsafe fn row_dots(dtype: GgmlDType, rows: &[u8], row_bytes: usize, xq: &QuantizedRows, out: &mut [f32]) {
                 let m = xq.m;
-                let mut r0 = 0;
-                while r0 < m {
-                    let take = (m - r0).min(XTILE);
-                    let mut res = [[0f32; XTILE]; NW];
-                    match take {
-                        1 => tile::<1>(dtype, w, xq, r0, &mut res),
-                        2 => tile::<2>(dtype, w, xq, r0, &mut res),
-                        3 => tile::<3>(dtype, w, xq, r0, &mut res),
-                        _ => tile::<XTILE>(dtype, w, xq, r0, &mut res),
+                for (g, out) in rows.chunks(NW * row_bytes).zip(out.chunks_mut(NW * m)) {
+                    let count = g.len() / row_bytes;
+                    // Missing rows repeat the last one; their results are dropped.
+                    let mut w = [g.as_ptr(); NW];
+                    for (i, w) in w.iter_mut().enumerate() {
+                        *w = g.as_ptr().add(i.min(count - 1) * row_bytes);
                     }
-                    for i in 0..count {
-                        out[i * m + r0..i * m + r0 + take].copy_from_slice(&res[i][..take]);
+                    let mut r0 = 0;
+                    while r0 < m {
+                        let take = (m - r0).min(XTILE);
+                        let mut res = [[0f32; XTILE]; NW];
+                        match take {
+                            1 => tile::<1>(dtype, w, xq, r0, &mut res),
+                            2 => tile::<2>(dtype, w, xq, r0, &mut res),
+                            3 => tile::<3>(dtype, w, xq, r0, &mut res),
+                            _ => tile::<XTILE>(dtype, w, xq, r0, &mut res),
+                        }
+                        for i in 0..count {
+                            out[i * m + r0..i * m + r0 + take].copy_from_slice(&res[i][..take]);
+                        }
+                        r0 += take;
                     }
-                    r0 += take;
                 }
             }
 
@@ -428,7 +441,7 @@ macro_rules! simd_kernels {
                 c: [__m128; R],
             }
 
-            const _: () = assert!(NW == 4, "the corrections use one f32 lane per weight row");
+            const _: () = assert!(NW <= 4, "the corrections use one f32 lane per weight row");
 
             impl<const R: usize> Acc<R> {
                 #[target_feature(enable = $features)]
@@ -445,7 +458,7 @@ macro_rules! simd_kernels {
                 #[inline]
                 unsafe fn add<const SIGNED: bool, const HALVES: bool>(&mut self, xq: &QuantizedRows, r0: usize, c: usize, ch: &[Ch; NW]) {
                     let nc = xq.k / QK;
-                    let ca = _mm_setr_ps(ch[0].ca, ch[1].ca, ch[2].ca, ch[3].ca);
+                    let ca = lanes(|i| ch[i].ca);
                     for r in 0..R {
                         let row = r0 + r;
                         let x = _mm256_loadu_si256(xq.qs.as_ptr().add(row * xq.k + c * QK) as *const __m256i);
@@ -459,7 +472,7 @@ macro_rules! simd_kernels {
                             self.v[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(ch[i].wv, dx), self.v[i][r]);
                         }
                         if !SIGNED && HALVES {
-                            let cb = _mm_setr_ps(ch[0].cb, ch[1].cb, ch[2].cb, ch[3].cb);
+                            let cb = lanes(|i| ch[i].cb);
                             let s = xq.ds16.as_ptr().add(row * 2 * nc + 2 * c);
                             self.c[r] = _mm_fmadd_ps(ca, _mm_set1_ps(*s), self.c[r]);
                             self.c[r] = _mm_fmadd_ps(cb, _mm_set1_ps(*s.add(1)), self.c[r]);
@@ -478,7 +491,7 @@ macro_rules! simd_kernels {
                         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
                         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
                         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-                        let mut c = [0f32; NW];
+                        let mut c = [0f32; 4];
                         _mm_storeu_ps(c.as_mut_ptr(), self.c[r]);
                         out[r] = _mm_cvtss_f32(s) + c[i];
                     }
@@ -486,11 +499,34 @@ macro_rules! simd_kernels {
                 }
             }
 
+            /// One f32 lane per weight row (the rest zero).
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn lanes(f: impl Fn(usize) -> f32) -> __m128 {
+                let mut v = [0f32; 4];
+                for (i, v) in v.iter_mut().enumerate().take(NW) {
+                    *v = f(i);
+                }
+                _mm_loadu_ps(v.as_ptr())
+            }
+
             #[target_feature(enable = $features)]
             #[inline]
             unsafe fn f16(p: *const u8) -> f32 {
-                let bits = u16::from_le_bytes([*p, *p.add(1)]);
-                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+                // In assembly because LLVM, seeing that only lane 0 is used, loaded the half
+                // with `vpinsrw` into whatever register it liked, and it liked the accumulator:
+                // every chunk's scale then waited for the previous chunk's FMA, and a Q8_0
+                // decoding matvec ran at 12 GB/s from L2 where the same loop without that
+                // dependency runs at ~30 (examples/qkernel_stream.rs).
+                let v: __m128;
+                std::arch::asm!(
+                    "vpbroadcastw {v}, word ptr [{p}]",
+                    "vcvtph2ps {v}, {v}",
+                    p = in(reg) p,
+                    v = out(xmm_reg) v,
+                    options(pure, readonly, nostack, preserves_flags),
+                );
+                _mm_cvtss_f32(v)
             }
 
             /// 16 bytes of nibbles → 32 values (low nibbles first), as ggml orders them.

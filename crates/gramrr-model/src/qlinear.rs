@@ -62,17 +62,18 @@ fn kernel_isa(dtype: GgmlDType) -> Option<qkernels::Isa> {
     isa.filter(|_| qkernels::supports(dtype))
 }
 
-/// Whether candle's kernel beats ours for this product: where it has its AVX512-VNNI 16-row
-/// tiled kernel (rows a multiple of 256 values, 16-row tiles: the test of candle's
-/// `repack_x86::select`; our slices are multiples of 16 rows), measured with
-/// `examples/qkernel_bench.rs` (576x1536 Q4_K: 14 µs against 70 µs; Q8_0: 20 against 44).
-fn candle_tiled(dtype: GgmlDType, n: usize, k: usize) -> bool {
+/// Whether candle's kernel beats ours for this product of `m` input rows: where it has its
+/// AVX512-VNNI 16-row tiled kernel (rows a multiple of 256 values, 16-row tiles: the test of
+/// candle's `repack_x86::select`; our slices are multiples of 16 rows) and either several
+/// input rows or Q6_K. Measured with `examples/qkernel_stream.rs`, one Zen 4 core, 576x1536
+/// weights streamed from memory: one input row Q8_0 23 GB/s ours against 15, Q4_K 10 against
+/// 8, Q6_K 11 against 15; eight rows Q8_0 5.1 against 5.5, Q4_K 2.5 against 3.2.
+fn candle_tiled(dtype: GgmlDType, n: usize, k: usize, m: usize) -> bool {
     k.is_multiple_of(256)
         && n.is_multiple_of(16)
         && qkernels::detected_isa() == qkernels::Isa::Vnni
         && match dtype {
-            GgmlDType::Q4K | GgmlDType::Q8_0 => true,
-            // Its untiled Q6_K matvec is faster than ours too (576x1536: 41 µs against 65).
+            GgmlDType::Q4K | GgmlDType::Q8_0 => m > 1,
             GgmlDType::Q6K => true,
             _ => false,
         }
@@ -184,7 +185,7 @@ impl QuantLinear {
             *dims.last_mut().expect("rank ≥ 1") = self.n;
             return Ok(Tensor::cat(&outs, 1)?.reshape(dims)?);
         }
-        if let Some(isa) = kernel_isa(self.dtype).filter(|_| x.device().is_cpu() && !candle_tiled(self.dtype, self.n, self.k)) {
+        if let Some(isa) = kernel_isa(self.dtype).filter(|_| x.device().is_cpu() && !candle_tiled(self.dtype, self.n, self.k, m)) {
             return self.forward_kernels(&x, m, isa);
         }
         if self.parts.len() == 1 {
@@ -214,30 +215,70 @@ impl QuantLinear {
 
     /// The few-rows product on gramrr's own integer kernels ([`crate::qkernels`]).
     fn forward_kernels(&self, x: &Tensor, m: usize, isa: qkernels::Isa) -> Result<Tensor> {
-        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let xq = qkernels::QuantizedRows::new(&xs, self.k);
-        // (N, M): each weight row's results side by side, so threads write disjoint slices.
-        let mut out_t = vec![0f32; self.n * m];
-        let mut start = 0;
-        for (p, rows) in &self.parts {
-            let bytes = p.data()?;
-            qkernels::matmul_t(self.dtype, &bytes, *rows, &xq, &mut out_t[start * m..(start + rows) * m], isa);
-            start += rows;
+        Ok(Self::forward_kernels_many(&[self], x, m, isa)?.remove(0))
+    }
+
+    /// `x Wᵀ` for several weights of the same input width: the input is quantized once and the
+    /// products run in one parallel region. Where a weight would not take gramrr's few-rows
+    /// kernels (many rows, bf16, candle's tiled kernel, not on CPU), each goes through
+    /// [`Self::forward`].
+    pub fn forward_shared_input(weights: &[&QuantLinear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let x = x.contiguous()?;
+        let k = x.dim(candle_core::D::Minus1)?;
+        let m = x.elem_count() / k.max(1);
+        let isa = weights.first().and_then(|w| kernel_isa(w.dtype));
+        let kernels = isa.is_some()
+            && x.device().is_cpu()
+            && m < DENSE_MIN_ROWS
+            && weights.iter().all(|w| {
+                w.k == k && w.dtype != GgmlDType::BF16 && kernel_isa(w.dtype) == isa && !candle_tiled(w.dtype, w.n, w.k, m)
+            });
+        match isa {
+            Some(isa) if kernels => Self::forward_kernels_many(weights, &x, m, isa),
+            _ => weights.iter().map(|w| w.forward(&x)).collect(),
         }
-        let out = if m == 1 {
-            out_t
-        } else {
-            let mut out = vec![0f32; m * self.n];
-            for (i, row) in out_t.chunks_exact(m).enumerate() {
-                for (r, v) in row.iter().enumerate() {
-                    out[r * self.n + i] = *v;
-                }
+    }
+
+    fn forward_kernels_many(weights: &[&QuantLinear], x: &Tensor, m: usize, isa: qkernels::Isa) -> Result<Vec<Tensor>> {
+        let k = weights[0].k;
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let xq = qkernels::QuantizedRows::new(&xs, k);
+        // (N, M) per weight: each weight row's results side by side, so threads write disjoint
+        // slices.
+        let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; w.n * m]).collect();
+        let datas: Vec<Vec<Cow<[u8]>>> =
+            weights.iter().map(|w| w.parts.iter().map(|(p, _)| p.data()).collect::<candle_core::Result<_>>()).collect::<candle_core::Result<_>>()?;
+        let mut jobs = Vec::new();
+        for ((w, data), out) in weights.iter().zip(&datas).zip(outs.iter_mut()) {
+            let mut rest = out.as_mut_slice();
+            for ((_, rows), bytes) in w.parts.iter().zip(data) {
+                let (mine, tail) = rest.split_at_mut(rows * m);
+                jobs.push(qkernels::WeightRows { dtype: w.dtype, w: bytes, rows: *rows, out: mine });
+                rest = tail;
             }
-            out
-        };
+        }
+        qkernels::matmul_t_many(&mut jobs, &xq, isa);
+        drop(jobs);
         let mut dims = x.dims().to_vec();
-        *dims.last_mut().expect("rank ≥ 1") = self.n;
-        Ok(Tensor::from_vec(out, dims, &x.device().clone())?)
+        weights
+            .iter()
+            .zip(outs)
+            .map(|(w, out_t)| {
+                let out = if m == 1 {
+                    out_t
+                } else {
+                    let mut out = vec![0f32; m * w.n];
+                    for (i, row) in out_t.chunks_exact(m).enumerate() {
+                        for (r, v) in row.iter().enumerate() {
+                            out[r * w.n + i] = *v;
+                        }
+                    }
+                    out
+                };
+                *dims.last_mut().expect("rank ≥ 1") = w.n;
+                Ok(Tensor::from_vec(out, dims.clone(), &x.device().clone())?)
+            })
+            .collect()
     }
 
     /// Rows `ids` of the weight, dequantized: (len, K). The embedding lookup.
@@ -329,6 +370,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Several weights on one input (one activation quantization, one parallel region): each
+    /// output equals that weight's own `forward`, bit for bit, whatever the mix of types, row
+    /// counts and slices; and a weight of another width is refused.
+    #[test]
+    fn shared_input_products_equal_each_weight_alone() {
+        let k = 576;
+        let make = |n: usize, dtype: GgmlDType, slices: usize| {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+            QuantLinear::with_slices(QTensor::quantize(&w, dtype).unwrap(), slices).unwrap()
+        };
+        let ws = [make(96, GgmlDType::Q8_0, 3), make(32, GgmlDType::Q5_0, 1), make(48, GgmlDType::Q4_1, 2)];
+        let refs: Vec<&QuantLinear> = ws.iter().collect();
+        for m in [1, 3] {
+            let x = Tensor::randn(0f32, 1.0, (1, m, k), &Device::Cpu).unwrap();
+            let got = QuantLinear::forward_shared_input(&refs, &x).unwrap();
+            assert_eq!(got.len(), 3);
+            for (w, y) in ws.iter().zip(&got) {
+                assert_eq!(y.dims(), &[1, m, w.n]);
+                let alone = w.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), alone, "{w:?} m={m}");
+            }
+        }
+        let narrow = make(16, GgmlDType::Q8_0, 1);
+        let x = Tensor::randn(0f32, 1.0, (1, 64), &Device::Cpu).unwrap();
+        assert!(QuantLinear::forward_shared_input(&[&ws[0], &narrow], &x).is_err());
     }
 
     /// A bf16 weight through `forward` (the kernels for few rows, the GEMM path for many,
