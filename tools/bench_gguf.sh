@@ -3,7 +3,10 @@
 # prompt processing (512 tokens, logits at every position on both sides) and decoding at batch
 # 1 (and 8 for gramrr; llama-cpp-python's API decodes one sequence), plus gramrr's own f32
 # (--dequantize) for the "quantized ≥ 3× f32" target, and gramrr's decoding on candle's
-# kernels alone (GRAMRR_QKERNELS=off). Prints a Markdown table for BENCHMARKS.md
+# kernels alone (GRAMRR_QKERNELS=off). Decoding is compared as llama.cpp's is timed: the steps
+# after the prompt (gramrr's run of prompt + 128 new tokens minus its run of prompt + 1; until
+# 2026-12-06 the table divided gramrr's whole generate call, prefill included, by llama.cpp's
+# steps alone). Prints a Markdown table for BENCHMARKS.md
 # and writes the raw JSON to $OUT (default target/bench_gguf).
 # Needs tools/setup_llamacpp.sh and tools/gguf_parity.sh (which writes the Q8_0/Q4_K_M files).
 # Usage: bash tools/bench_gguf.sh [CACHE_DIR] [THREADS]
@@ -47,12 +50,16 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 def j(p):
     p = os.path.join(out, p)
     return json.load(open(p)) if os.path.exists(p) else None
+def steps(g, key):
+    """Decoding steps alone (tokens/s after the prompt's prefill and first token): what
+    llama.cpp's figure measures (one `llama_decode` per token after the prompt)."""
+    return g["decode"][key]["decode_steps_tokens_per_second"]
 def faster(a, b):
     if not (a and b):
         return a or b
     best = json.loads(json.dumps(a))
     for key in ("batch_1", "batch_8"):
-        if b["decode"][key]["tokens_per_second"] > best["decode"][key]["tokens_per_second"]:
+        if steps(b, key) > steps(best, key):
             best["decode"][key] = b["decode"][key]
     if b["score"]["tokens_per_second"] > best["score"]["tokens_per_second"]:
         best["score"] = b["score"]
@@ -60,21 +67,25 @@ def faster(a, b):
 f32 = faster(j("gramrr.f32.1.json"), j("gramrr.f32.2.json"))
 print(f"CPU: {cpu}, {threads} threads. Model: SmolLM2-135M-Instruct.")
 print(f"Load average (1, 5, 15 min) at the start: {load0}; at the end: {load1}.\n")
-print("| file | gramrr pp512 tok/s | llama.cpp pp512 | ratio | gramrr decode b1 tok/s | llama.cpp b1 | ratio | gramrr b8 | gramrr b1 / own f32 b1 | candle kernels b1 / b8 |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| file | gramrr pp512 tok/s | llama.cpp pp512 | ratio | gramrr decode b1 tok/s | llama.cpp b1 | ratio | gramrr b8 | gramrr b1 / own f32 b1 | gramrr b1 with prefill | candle kernels b1 / b8 |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for f in files:
     g, l = j(f"gramrr.{f}.json"), j(f"llamacpp.{f}.json")
     if not g:
         continue
-    gp, g1, g8 = g["score"]["tokens_per_second"], g["decode"]["batch_1"]["tokens_per_second"], g["decode"]["batch_8"]["tokens_per_second"]
+    gp, g1, g8 = g["score"]["tokens_per_second"], steps(g, "batch_1"), steps(g, "batch_8")
+    e1 = g["decode"]["batch_1"]["tokens_per_second"]
     lp = l["prompt_512_tokens_per_second"] if l else None
     l1 = l["decode_batch1_tokens_per_second"] if l else None
     r = lambda a, b: f"{a / b:.2f}x" if b else "n/a"
-    fb1 = f32["decode"]["batch_1"]["tokens_per_second"] if f32 else None
+    fb1 = steps(f32, "batch_1") if f32 else None
     c = j(f"gramrr-candle.{f}.json")
-    cd = f"{c['decode']['batch_1']['tokens_per_second']:.1f} / {c['decode']['batch_8']['tokens_per_second']:.1f}" if c else "n/a"
-    print(f"| {f} | {gp:.0f} | {lp and f'{lp:.0f}' or 'n/a'} | {r(gp, lp)} | {g1:.1f} | {l1 and f'{l1:.1f}' or 'n/a'} | {r(g1, l1)} | {g8:.1f} | {r(g1, fb1)} | {cd} |")
+    cd = f"{steps(c, 'batch_1'):.1f} / {steps(c, 'batch_8'):.1f}" if c else "n/a"
+    print(f"| {f} | {gp:.0f} | {lp and f'{lp:.0f}' or 'n/a'} | {r(gp, lp)} | {g1:.1f} | {l1 and f'{l1:.1f}' or 'n/a'} | {r(g1, l1)} | {g8:.1f} | {r(g1, fb1)} | {e1:.1f} | {cd} |")
 if f32:
-    print(f"\ngramrr f32 (--dequantize, faster of two runs): pp512 {f32['score']['tokens_per_second']:.0f} tok/s, decode b1 "
-          f"{f32['decode']['batch_1']['tokens_per_second']:.1f}, b8 {f32['decode']['batch_8']['tokens_per_second']:.1f} tok/s")
+    print(f"\ngramrr f32 (--dequantize, faster of two runs): pp512 {f32['score']['tokens_per_second']:.0f} tok/s, decode steps b1 "
+          f"{steps(f32, 'batch_1'):.1f}, b8 {steps(f32, 'batch_8'):.1f} tok/s (with the 128-token prefill: "
+          f"{f32['decode']['batch_1']['tokens_per_second']:.1f}, {f32['decode']['batch_8']['tokens_per_second']:.1f})")
+print("\nDecode columns: tokens per second of the decoding steps after the 128-token prompt (prompt 128 "
+      "+ 128 new, minus a run of prompt + 1 new), as llama.cpp's is timed; 'with prefill' is the whole generate call.")
 PY

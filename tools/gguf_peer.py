@@ -40,6 +40,13 @@ SCORED = [
     ("The capital of France is", " Paris. It is known for the Eiffel Tower and the Louvre."),
     ("<|im_start|>user\nWhich answer is better, A or B?<|im_end|>\n<|im_start|>assistant\n",
      "Answer A is better because it is correct and concise."),
+    # Long enough (over 100 tokens) that gramrr scores it on the many-row path (the GEMM on
+    # dequantized weights), not the decoding kernels the two above take.
+    ("<|im_start|>system\nYou are a careful judge of answers.<|im_end|>\n<|im_start|>user\n"
+     "Question: A train leaves at 3 pm and travels 120 km at 60 km per hour. When does it arrive?\n"
+     "Answer A: It arrives at 5 pm, since 120 km at 60 km per hour takes two hours.\n"
+     "Answer B: It arrives at 4 pm.\nWhich answer is better?<|im_end|>\n<|im_start|>assistant\n",
+     "Answer A is better: the trip takes 120 / 60 = 2 hours, so the train arrives at 5 pm, and A explains why."),
 ]
 
 

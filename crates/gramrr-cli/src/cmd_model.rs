@@ -634,10 +634,19 @@ fn bench_engine(b: BenchEngineArgs) -> Result<()> {
                 eng_gen = o.iter().map(|x| x.token_ids.len()).sum();
                 Ok(())
             })?;
+            // The same prompts with one new token: the prefill and the first step. What the
+            // longer run takes beyond it is the decoding steps alone, which is what llama.cpp's
+            // per-token figure (`llama_decode` of one token after the prompt) measures.
+            let first = SamplingParams { max_new_tokens: 1, ..params.clone() };
+            let secs_first = best_of(b.reps, || Ok(engine.generate_ids(&prompts, &offs, &first).map(|_| ())?))?;
+            let steps = eng_gen.saturating_sub(bs);
+            let steps_per_second = if steps > 0 && secs > secs_first { Some(steps as f64 / (secs - secs_first)) } else { None };
             dec.insert(
                 format!("batch_{bs}"),
                 json!({"batch": bs, "prompt_len": b.prompt_len, "new_tokens": b.new_tokens, "seconds": secs,
-                       "generated_tokens": eng_gen, "tokens_per_second": eng_gen as f64 / secs}),
+                       "generated_tokens": eng_gen, "tokens_per_second": eng_gen as f64 / secs,
+                       "prefill_and_first_token_seconds": secs_first,
+                       "decode_steps_tokens_per_second": steps_per_second}),
             );
         }
         out["decode"] = serde_json::Value::Object(dec);

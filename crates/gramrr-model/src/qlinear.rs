@@ -79,6 +79,16 @@ fn candle_tiled(dtype: GgmlDType, n: usize, k: usize, m: usize) -> bool {
         }
 }
 
+/// Whether many-row products on quantized weights run in bf16 (the CPU has AVX512-BF16 and
+/// `GRAMRR_QUANT_PREFILL` is not `f32`) rather than on the f32 GEMM.
+fn prefill_in_bf16() -> bool {
+    static CHOICE: OnceLock<bool> = OnceLock::new();
+    *CHOICE.get_or_init(|| {
+        crate::bf16::chosen_isa() == crate::bf16::Isa::Avx512Bf16
+            && std::env::var("GRAMRR_QUANT_PREFILL").map_or(true, |v| v != "f32")
+    })
+}
+
 /// A quantized (N, K) weight, applied as `x Wᵀ`.
 #[derive(Clone)]
 pub struct QuantLinear {
@@ -175,6 +185,9 @@ impl QuantLinear {
             return self.forward_bf16(&x, m, isa);
         }
         if m >= DENSE_MIN_ROWS && x.device().is_cpu() && std::env::var_os("GRAMRR_QUANT_DENSE_OFF").is_none() {
+            if prefill_in_bf16() {
+                return self.forward_prefill_bf16(&x, m);
+            }
             let x2 = x.reshape((m, self.k))?;
             let mut outs = Vec::with_capacity(self.parts.len());
             for (p, _) in &self.parts {
@@ -197,6 +210,37 @@ impl QuantLinear {
             .map(|(p, _)| x.apply_op1_no_bwd(p.as_ref()))
             .collect::<candle_core::Result<_>>()?;
         Ok(Tensor::cat(&outs, x.rank() - 1)?)
+    }
+
+    /// Many input rows where the CPU has bf16 dot products: the weight dequantized and rounded
+    /// to bf16 (slices in parallel), then the bf16 GEMM, which runs at 1.3–1.8× the f32 GEMM on
+    /// prefill shapes (BENCHMARKS.md, bf16). Rounding the activations to bf16 (8 significant
+    /// bits) loses less than llama.cpp's 8-bit activation blocks do, and a Q8_0/Q4 weight's
+    /// value `q·d` rounds to bf16 within 2⁻⁹ of itself.
+    fn forward_prefill_bf16(&self, x: &Tensor, m: usize) -> Result<Tensor> {
+        let device = x.device().clone();
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let weights: Vec<Vec<u16>> = self
+            .parts
+            .par_iter()
+            .map(|(p, _)| -> Result<Vec<u16>> {
+                let w = p.dequantize(&device)?.flatten_all()?.to_vec1::<f32>()?;
+                Ok(w.iter().map(|&v| crate::bf16::to_bf16(v)).collect())
+            })
+            .collect::<Result<_>>()?;
+        let isa = crate::bf16::chosen_isa();
+        let mut y = vec![0f32; m * self.n];
+        let mut col = 0;
+        for ((_, rows), w) in self.parts.iter().zip(&weights) {
+            let part = crate::bf16::matmul(&xs, m, w, *rows, self.k, isa);
+            for (dst, src) in y.chunks_exact_mut(self.n).zip(part.chunks_exact(*rows)) {
+                dst[col..col + rows].copy_from_slice(src);
+            }
+            col += rows;
+        }
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank ≥ 1") = self.n;
+        Ok(Tensor::from_vec(y, dims, &device)?)
     }
 
     /// The product on bf16 weights ([`crate::bf16`]).
@@ -342,17 +386,18 @@ impl QuantLinear {
 mod tests {
     use super::*;
 
-    /// The few-rows path (our kernels, several slices, rows put back in order) against the f32
-    /// product of the dequantized weight, for 1..=5 input rows.
+    /// The few-rows path (our kernels, several slices, rows put back in order) and the many-rows
+    /// one (the bf16 or f32 GEMM on the dequantized slices) against the f32 product of the
+    /// dequantized weight.
     #[test]
-    fn few_rows_product_matches_the_dequantized_weight_across_slices() {
+    fn product_matches_the_dequantized_weight_across_slices() {
         let (n, k) = (100, 576);
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
         for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4_1] {
             let ql = QuantLinear::with_slices(QTensor::quantize(&w, dtype).unwrap(), 3).unwrap();
             assert!(ql.parts.len() > 1);
             let wd = ql.dequantize(&Device::Cpu).unwrap();
-            for m in 1..=5 {
+            for m in [1, 2, 3, 4, 5, DENSE_MIN_ROWS + 8] {
                 let x = Tensor::randn(0f32, 1.0, (1, m, k), &Device::Cpu).unwrap();
                 let got = ql.forward(&x).unwrap();
                 assert_eq!(got.dims(), &[1, m, n]);
@@ -361,7 +406,8 @@ mod tests {
                 let want = want.to_vec2::<f32>().unwrap();
                 // 8-bit activations move each x by at most max|x|/254 ≈ 0.01 (max of 32
                 // normal values ≈ 2.5), with random signs: over 576 terms with |w| ≈ 0.8 the
-                // error is about √576·0.8·0.005 ≈ 0.1 (the worst case, all signs aligned, 4.6).
+                // error is about √576·0.8·0.005 ≈ 0.1 (the worst case, all signs aligned, 4.6);
+                // bf16 rounding of both operands (2⁻⁹ each) about half that.
                 // A wrong row order or slice offset gives errors of √576 ≈ 24.
                 for r in 0..m {
                     for j in 0..n {
