@@ -81,7 +81,7 @@ fn candle_tiled(dtype: GgmlDType, n: usize, k: usize, m: usize) -> bool {
 
 /// Whether many-row products on quantized weights run in bf16 (the CPU has AVX512-BF16 and
 /// `GRAMRR_QUANT_PREFILL` is not `f32`) rather than on the f32 GEMM.
-fn prefill_in_bf16() -> bool {
+pub fn prefill_in_bf16() -> bool {
     static CHOICE: OnceLock<bool> = OnceLock::new();
     *CHOICE.get_or_init(|| {
         crate::bf16::chosen_isa() == crate::bf16::Isa::Avx512Bf16
