@@ -104,10 +104,12 @@ pub fn matmul(x: &[f32], m: usize, w: &[u16], n: usize, k: usize, isa: Isa) -> V
     assert_eq!(x.len(), m * k, "bf16 matmul: x holds {} values, not {m}x{k}", x.len());
     assert_eq!(w.len(), n * k, "bf16 matmul: w holds {} values, not {n}x{k}", w.len());
     assert!(available(isa), "bf16 matmul: this CPU cannot run {isa:?}");
-    let mut y = vec![0f32; m * n];
     if m == 0 || n == 0 {
-        return y;
+        return vec![0f32; m * n];
     }
+    // Not zeroed: every element is written below, and zeroing y cost a scoring pass 1.7 GB of
+    // memset (the lm_head's chunks alone are 256 × vocabulary floats each).
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let xb: Vec<u16> = x.iter().map(|&v| to_bf16(v)).collect();
     let out = SharedOut(y.as_mut_ptr());
     let gemm = isa == Isa::Avx512Bf16 && m >= GEMM_MIN_ROWS && k.is_multiple_of(2);
@@ -138,6 +140,10 @@ pub fn matmul(x: &[f32], m: usize, w: &[u16], n: usize, k: usize, isa: Isa) -> V
     } else {
         ranges.par_iter().for_each(task);
     }
+    // SAFETY: the ranges cover columns 0..n, and each task writes every row of its columns
+    // before anything reads them: `dot_rows` puts each (row, column) once, and the GEMM's first
+    // K block assigns (later blocks add) every row of every tile.
+    unsafe { y.set_len(m * n) };
     y
 }
 
@@ -293,10 +299,14 @@ mod gemm_tile {
     /// Input rows per register (16 f32 lanes) and registers per tile (2: 32 rows).
     const MR: usize = 16;
     const MT: usize = 2;
-    /// Input-row groups of 16 per block (128 rows), and K pairs per block (512 values): the
-    /// x block (128 KiB) stays in L2, a 12-row weight block (12 KiB) in L1.
+    /// Input-row groups of 16 per block (128 rows), and K pairs per block (1536 values): the
+    /// x block (384 KiB) stays in L2, a 12-row weight block (36 KiB) about in L1. Each K block
+    /// ends in a scalar pass that adds the tile into y; with 512-value blocks those passes cost
+    /// 4–12% of the GEMM (examples/bf16_gemm_bench.rs, 2 Zen 4 cores: 512×576 by 1536×576
+    /// 350 → 378 GFLOP/s, 2048×1024 by 3072×1024 353 → 398). 384-pair blocks were slower than
+    /// both (263 GFLOP/s at K = 1536), for a reason not found.
     const MC_GROUPS: usize = 8;
-    const KC_PAIRS: usize = 256;
+    const KC_PAIRS: usize = 768;
 
     /// x (m, k) bf16 → groups of 16 rows, each K/2 pairs of 16 rows' `(x[2p], x[2p+1])`
     /// as one u32 (low half the even element, as `vdpbf16ps` pairs them). Rows past m are 0.

@@ -305,14 +305,14 @@ impl Engine {
         let mut out = Vec::with_capacity(rows.len());
         for (r, t) in rows.chunks(CHUNK).zip(targets.chunks(CHUNK)) {
             let idx = Tensor::from_vec(r.to_vec(), r.len(), self.device())?;
-            let logits = self.model.logits(&hidden.index_select(&idx, 0)?)?; // (n, V)
+            let logits = self.model.logits(&hidden.index_select(&idx, 0)?)?.contiguous()?; // (n, V)
             let v = logits.dims()[1];
-            let flat = logits.flatten_all()?.to_vec1::<f32>()?;
-            let lp: Vec<f32> = flat
-                .par_chunks(v)
+            let lp: Vec<f32> = cpu_values(&logits, |flat| {
+                flat.par_chunks(v)
                 .zip(t.par_iter())
-                .map(|(row, &tok)| row[tok as usize] - log_sum_exp(row))
-                .collect();
+                    .map(|(row, &tok)| row[tok as usize] - log_sum_exp(row))
+                    .collect()
+            })?;
             out.extend(lp);
         }
         Ok(out)
@@ -562,6 +562,18 @@ impl Engine {
 /// for Qwen3), where a scalar f64 `exp` per value was a tenth of the scoring time; here the
 /// exponentials are a vectorisable f32 polynomial, summed in f32 over short blocks and in f64
 /// across them, so the result stays within a few ulps of the f64 sum.
+/// `f` on a contiguous f32 tensor's values: borrowed in place on the CPU (a chunk of
+/// full-vocabulary logits is 50 MB, and copying it out cost a scoring pass ~3%), copied from
+/// other devices.
+fn cpu_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    let (storage, layout) = t.storage_and_layout();
+    if let (candle_core::Storage::Cpu(cpu), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+        return Ok(f(&cpu.as_slice::<f32>()?[a..b]));
+    }
+    drop(storage);
+    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
+}
+
 pub fn log_sum_exp(row: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
