@@ -298,27 +298,27 @@ impl Engine {
         Ok((h, t))
     }
 
-    /// Natural-log probabilities of `targets[i]` under the logits at hidden rows `rows[i]`,
-    /// computed a chunk of rows at a time so the full-vocabulary logits never all coexist.
+    /// Natural-log probabilities of `targets[i]` under the logits at hidden rows `rows[i]`.
     fn target_logprobs(&self, hidden: &Tensor, rows: &[u32], targets: &[u32]) -> Result<Vec<f32>> {
+        self.map_logit_rows(hidden, rows, targets, |row, tok| row[tok as usize] - log_sum_exp(row))
+    }
+
+    /// `f(logits, target)` for the full-vocabulary logits at each hidden row `rows[i]`, computed
+    /// a chunk of rows at a time so that they never all coexist (256 rows of a 49k vocabulary
+    /// are 50 MB), and read in place.
+    fn map_logit_rows<T: Send>(&self, hidden: &Tensor, rows: &[u32], targets: &[u32], f: impl Fn(&[f32], u32) -> T + Sync) -> Result<Vec<T>> {
         const CHUNK: usize = 256;
         let mut out = Vec::with_capacity(rows.len());
         for (r, t) in rows.chunks(CHUNK).zip(targets.chunks(CHUNK)) {
             let idx = Tensor::from_vec(r.to_vec(), r.len(), self.device())?;
             let logits = self.model.logits(&hidden.index_select(&idx, 0)?)?.contiguous()?; // (n, V)
             let v = logits.dims()[1];
-            let lp: Vec<f32> = cpu_values(&logits, |flat| {
-                flat.par_chunks(v)
-                .zip(t.par_iter())
-                    .map(|(row, &tok)| row[tok as usize] - log_sum_exp(row))
-                    .collect()
-            })?;
-            out.extend(lp);
+            let part: Vec<T> = cpu_values(&logits, |flat| flat.par_chunks(v).zip(t.par_iter()).map(|(row, &tok)| f(row, tok)).collect())?;
+            out.extend(part);
         }
         Ok(out)
     }
 
-    /// Teacher-forced log-probabilities of `completion` ids after `prompt` ids.
     pub fn score_ids(&self, items: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<ScoreOutput>> {
         for (i, (p, _)) in items.iter().enumerate() {
             if p.is_empty() {
@@ -386,38 +386,21 @@ impl Engine {
                     targets.push(tok);
                 }
             }
-            // Full rows are needed for the top tokens; a chunk at a time bounds the logits' memory.
-            const CHUNK: usize = 256;
-            let mut flat_out: Vec<PositionLogprobs> = Vec::with_capacity(rows.len());
-            for (rc, tc) in rows.chunks(CHUNK).zip(targets.chunks(CHUNK)) {
-                let idx = Tensor::from_vec(rc.to_vec(), rc.len(), self.device())?;
-                let logits = self.model.logits(&hidden.index_select(&idx, 0)?)?; // (n, V)
-                let v = logits.dims()[1];
-                let flat = logits.flatten_all()?.to_vec1::<f32>()?;
-                let part: Vec<PositionLogprobs> = flat
-                    .par_chunks(v)
-                    .zip(tc.par_iter())
-                    .map(|(row, &tok)| {
-                        let lse = log_sum_exp(row);
-                        let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
-                        if top > 0 {
-                            for (id, &x) in row.iter().enumerate() {
-                                if best.len() < top || x > best[best.len() - 1].1 {
-                                    let at = best.partition_point(|&(_, y)| y >= x);
-                                    best.insert(at, (id as u32, x));
-                                    best.truncate(top);
-                                }
-                            }
+            // Full rows are needed for the top tokens.
+            let flat_out = self.map_logit_rows(&hidden, &rows, &targets, |row, tok| {
+                let lse = log_sum_exp(row);
+                let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+                if top > 0 {
+                    for (id, &x) in row.iter().enumerate() {
+                        if best.len() < top || x > best[best.len() - 1].1 {
+                            let at = best.partition_point(|&(_, y)| y >= x);
+                            best.insert(at, (id as u32, x));
+                            best.truncate(top);
                         }
-                        PositionLogprobs {
-                            token: tok,
-                            logprob: row[tok as usize] - lse,
-                            top: best.into_iter().map(|(id, x)| (id, x - lse)).collect(),
-                        }
-                    })
-                    .collect();
-                flat_out.extend(part);
-            }
+                    }
+                }
+                PositionLogprobs { token: tok, logprob: row[tok as usize] - lse, top: best.into_iter().map(|(id, x)| (id, x - lse)).collect() }
+            })?;
             let mut it = flat_out.into_iter();
             Ok(batch.iter().map(|&i| it.by_ref().take(items[i].0.len() - items[i].1).collect()).collect())
         })
@@ -558,10 +541,6 @@ impl Engine {
     }
 }
 
-/// `ln Σ exp(row)`. Scoring calls it on every position's full-vocabulary logits (150k values
-/// for Qwen3), where a scalar f64 `exp` per value was a tenth of the scoring time; here the
-/// exponentials are a vectorisable f32 polynomial, summed in f32 over short blocks and in f64
-/// across them, so the result stays within a few ulps of the f64 sum.
 /// `f` on a contiguous f32 tensor's values: borrowed in place on the CPU (a chunk of
 /// full-vocabulary logits is 50 MB, and copying it out cost a scoring pass ~3%), copied from
 /// other devices.
@@ -574,6 +553,10 @@ fn cpu_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
     Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
 }
 
+/// `ln Σ exp(row)`. Scoring calls it on every position's full-vocabulary logits (150k values
+/// for Qwen3), where a scalar f64 `exp` per value was a tenth of the scoring time; here the
+/// exponentials are a vectorisable f32 polynomial, summed in f32 over short blocks and in f64
+/// across them, so the result stays within a few ulps of the f64 sum.
 pub fn log_sum_exp(row: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {

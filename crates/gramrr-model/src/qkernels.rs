@@ -196,7 +196,7 @@ pub fn matmul_t_many(weights: &mut [WeightRows], xq: &QuantizedRows, isa: Isa) {
 /// before the next, a single sequential stream that the hardware prefetcher follows. With four
 /// rows side by side (one activation load for four rows), a decoding matvec that streams its
 /// weight from memory ran at half the rate even with software prefetching
-/// (examples/qkernel_stream.rs: Q8_0 10–15 GB/s against 16–19 on one Zen 4 core).
+/// (examples/qkernel_stream.rs: Q8_0 10–15 GB/s against 17–23 on one Zen 4 core).
 const WROWS: usize = 1;
 
 /// Consecutive weight rows (`row_bytes` each) against every input row.
@@ -204,8 +204,8 @@ fn row_dots(dtype: GgmlDType, rows: &[u8], row_bytes: usize, xq: &QuantizedRows,
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Vnni => {
-            // SAFETY: `matmul_t` checked that the CPU has these features, and the row lengths
-            // against the block count.
+            // SAFETY: `matmul_t_many` checked that the CPU has these features, and the row
+            // lengths against the block count.
             unsafe { vnni::row_dots(dtype, rows, row_bytes, xq, out) }
         }
         #[cfg(target_arch = "x86_64")]
