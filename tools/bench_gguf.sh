@@ -53,7 +53,8 @@ def j(p):
 def steps(g, key):
     """Decoding steps alone (tokens/s after the prompt's prefill and first token): what
     llama.cpp's figure measures (one `llama_decode` per token after the prompt)."""
-    return g["decode"][key]["decode_steps_tokens_per_second"]
+    v = g["decode"][key]["decode_steps_tokens_per_second"]
+    return float("nan") if v is None else v  # None: the longer run was not slower (noise)
 def faster(a, b):
     if not (a and b):
         return a or b

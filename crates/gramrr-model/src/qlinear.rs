@@ -213,7 +213,7 @@ impl QuantLinear {
     }
 
     /// Many input rows where the CPU has bf16 dot products: the weight dequantized and rounded
-    /// to bf16 (slices in parallel), then the bf16 GEMM, which runs at 1.3–1.8× the f32 GEMM on
+    /// to bf16 (slices in parallel), then the bf16 GEMM, which runs at 1.8–2.0× the f32 GEMM on
     /// prefill shapes (BENCHMARKS.md, bf16). Rounding the activations to bf16 (8 significant
     /// bits) loses less than llama.cpp's 8-bit activation blocks do, and a Q8_0/Q4 weight's
     /// value `q·d` rounds to bf16 within 2⁻⁹ of itself.
