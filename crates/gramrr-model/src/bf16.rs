@@ -101,50 +101,70 @@ pub fn to_f32(h: u16) -> f32 {
 
 /// `x Wᵀ`: x is (m, k) f32, w is (n, k) bf16 bits; returns (m, n) f32.
 pub fn matmul(x: &[f32], m: usize, w: &[u16], n: usize, k: usize, isa: Isa) -> Vec<f32> {
+    matmul_shared_input(x, m, &[(w, n)], k, isa).remove(0)
+}
+
+/// `x Wᵢᵀ` for several weights `(wᵢ, nᵢ)` that share x (a layer's q, k and v; gate and up):
+/// x is rounded to bf16, and packed for the GEMM, once for all of them.
+pub fn matmul_shared_input(x: &[f32], m: usize, weights: &[(&[u16], usize)], k: usize, isa: Isa) -> Vec<Vec<f32>> {
     assert_eq!(x.len(), m * k, "bf16 matmul: x holds {} values, not {m}x{k}", x.len());
-    assert_eq!(w.len(), n * k, "bf16 matmul: w holds {} values, not {n}x{k}", w.len());
+    for &(w, n) in weights {
+        assert_eq!(w.len(), n * k, "bf16 matmul: w holds {} values, not {n}x{k}", w.len());
+    }
     assert!(available(isa), "bf16 matmul: this CPU cannot run {isa:?}");
-    if m == 0 || n == 0 {
-        return vec![0f32; m * n];
-    }
-    // Not zeroed: every element is written below, and zeroing y cost a scoring pass 1.7 GB of
-    // memset (the lm_head's chunks alone are 256 × vocabulary floats each).
-    let mut y: Vec<f32> = Vec::with_capacity(m * n);
-    let xb: Vec<u16> = x.iter().map(|&v| to_bf16(v)).collect();
-    let out = SharedOut(y.as_mut_ptr());
     let gemm = isa == Isa::Avx512Bf16 && m >= GEMM_MIN_ROWS && k.is_multiple_of(2);
-    // Tasks are whole tiles of weight rows, up to four per thread so that an uneven core
-    // finishes with the others, in a multiple of the thread count so they share out evenly.
-    // Each is worth at least MIN_TASK_MACS: handing a task to another thread costs
-    // microseconds, more than a decoding step's small projections compute; those run here.
-    const MIN_TASK_MACS: usize = 1 << 18;
-    let tile = if gemm { gemm_tile::NR } else { 4 };
-    let threads = rayon::current_num_threads().max(1);
-    let rounds = (m * n * k / (MIN_TASK_MACS * threads)).min(4);
-    let tasks = if rounds == 0 { 1 } else { rounds * threads };
-    let per = n.div_ceil(tasks).div_ceil(tile) * tile;
-    let ranges: Vec<(usize, usize)> = (0..n).step_by(per).map(|a| (a, (a + per).min(n))).collect();
-    let xp = if gemm { gemm_tile::pack(&xb, m, k) } else { Vec::new() };
-    let task = |&(a, b): &(usize, usize)| {
-        // SAFETY: the ISA was checked above; each task writes only columns a..b of y.
-        unsafe {
-            if gemm {
-                gemm_tile::run(&xp, m, w, n, k, a, b, out)
-            } else {
-                dot_rows(&xb, m, w, n, k, a, b, out, isa)
-            }
-        }
-    };
-    if ranges.len() == 1 {
-        task(&ranges[0]);
+    // The GEMM reads x packed (rounded on the way); the dot products read it rounded, in rows.
+    let (xp, xb) = if m == 0 {
+        (Vec::new(), Vec::new())
+    } else if gemm {
+        (gemm_tile::pack(x, m, k), Vec::new())
     } else {
-        ranges.par_iter().for_each(task);
-    }
-    // SAFETY: the ranges cover columns 0..n, and each task writes every row of its columns
-    // before anything reads them: `dot_rows` puts each (row, column) once, and the GEMM's first
-    // K block assigns (later blocks add) every row of every tile.
-    unsafe { y.set_len(m * n) };
-    y
+        (Vec::new(), x.iter().map(|&v| to_bf16(v)).collect::<Vec<u16>>())
+    };
+    weights
+        .iter()
+        .map(|&(w, n)| {
+            if m == 0 || n == 0 {
+                return vec![0f32; m * n];
+            }
+            // Not zeroed: every element is written below, and zeroing y cost a scoring pass
+            // 1.7 GB of memset (the lm_head's chunks alone are 256 × vocabulary floats each).
+            let mut y: Vec<f32> = Vec::with_capacity(m * n);
+            let out = SharedOut(y.as_mut_ptr());
+            // Tasks are whole tiles of weight rows, up to four per thread so that an uneven
+            // core finishes with the others, in a multiple of the thread count so they share
+            // out evenly. Each is worth at least MIN_TASK_MACS: handing a task to another
+            // thread costs microseconds, more than a decoding step's small projections
+            // compute; those run here.
+            const MIN_TASK_MACS: usize = 1 << 18;
+            let tile = if gemm { gemm_tile::NR } else { 4 };
+            let threads = rayon::current_num_threads().max(1);
+            let rounds = (m * n * k / (MIN_TASK_MACS * threads)).min(4);
+            let tasks = if rounds == 0 { 1 } else { rounds * threads };
+            let per = n.div_ceil(tasks).div_ceil(tile) * tile;
+            let ranges: Vec<(usize, usize)> = (0..n).step_by(per).map(|a| (a, (a + per).min(n))).collect();
+            let task = |&(a, b): &(usize, usize)| {
+                // SAFETY: the ISA was checked above; each task writes only columns a..b of y.
+                unsafe {
+                    if gemm {
+                        gemm_tile::run(&xp, m, w, n, k, a, b, out)
+                    } else {
+                        dot_rows(&xb, m, w, n, k, a, b, out, isa)
+                    }
+                }
+            };
+            if ranges.len() == 1 {
+                task(&ranges[0]);
+            } else {
+                ranges.par_iter().for_each(task);
+            }
+            // SAFETY: the ranges cover columns 0..n, and each task writes every row of its
+            // columns before anything reads them: `dot_rows` puts each (row, column) once, and
+            // the GEMM's first K block assigns (later blocks add) every row of every tile.
+            unsafe { y.set_len(m * n) };
+            y
+        })
+        .collect()
 }
 
 /// Runs `iters` rounds of 24 independent `vdpbf16ps` (512-bit) on registers only, and returns
@@ -308,18 +328,19 @@ mod gemm_tile {
     const MC_GROUPS: usize = 8;
     const KC_PAIRS: usize = 768;
 
-    /// x (m, k) bf16 → groups of 16 rows, each K/2 pairs of 16 rows' `(x[2p], x[2p+1])`
-    /// as one u32 (low half the even element, as `vdpbf16ps` pairs them). Rows past m are 0.
-    pub fn pack(xb: &[u16], m: usize, k: usize) -> Vec<u32> {
+    /// x (m, k) f32, rounded to bf16 → groups of 16 rows, each K/2 pairs of 16 rows'
+    /// `(x[2p], x[2p+1])` as one u32 (low half the even element, as `vdpbf16ps` pairs them).
+    /// Rows past m are 0.
+    pub fn pack(x: &[f32], m: usize, k: usize) -> Vec<u32> {
         let kp = k / 2;
         let groups = m.div_ceil(MR);
         let mut xp = vec![0u32; groups * kp * MR];
         for r in 0..m {
             let (g, lane) = (r / MR, r % MR);
-            let row = &xb[r * k..(r + 1) * k];
+            let row = &x[r * k..(r + 1) * k];
             let base = g * kp * MR + lane;
             for p in 0..kp {
-                xp[base + p * MR] = row[2 * p] as u32 | (row[2 * p + 1] as u32) << 16;
+                xp[base + p * MR] = super::to_bf16(row[2 * p]) as u32 | (super::to_bf16(row[2 * p + 1]) as u32) << 16;
             }
         }
         xp

@@ -262,8 +262,8 @@ impl Linear {
         Ok(y)
     }
 
-    /// `x Wᵀ` for linears that share their input (q, k, v; gate, up). Quantized weights without
-    /// adapters take one activation quantization and one parallel region
+    /// `x Wᵀ` for linears that share their input (q, k, v; gate, up). Quantized or bf16 weights
+    /// without adapters take one quantization (or bf16 rounding) of the input
     /// ([`QuantLinear::forward_shared_input`]); the rest go one by one.
     pub fn forward_shared<const N: usize>(lins: [&Linear; N], x: &Tensor, ctx: &mut ForwardCtx) -> Result<[Tensor; N]> {
         let quants: Option<Vec<&QuantLinear>> = lins.iter().map(|l| l.quant.as_ref().filter(|_| l.lora.is_none())).collect();

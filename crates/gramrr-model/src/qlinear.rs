@@ -245,16 +245,34 @@ impl QuantLinear {
 
     /// The product on bf16 weights ([`crate::bf16`]).
     fn forward_bf16(&self, x: &Tensor, m: usize, isa: crate::bf16::Isa) -> Result<Tensor> {
+        Ok(Self::forward_bf16_many(&[self], x, m, isa)?.remove(0))
+    }
+
+    /// [`Self::forward_bf16`] for bf16 weights that share the input, rounded and packed once.
+    fn forward_bf16_many(weights: &[&QuantLinear], x: &Tensor, m: usize, isa: crate::bf16::Isa) -> Result<Vec<Tensor>> {
+        let k = weights[0].k;
         let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let bytes = self.parts[0].0.data()?;
-        // GGML BF16 storage is a Vec<bf16>: 2-aligned, n·k values.
-        assert!(bytes.len() == 2 * self.n * self.k && (bytes.as_ptr() as usize).is_multiple_of(2), "BF16 weight storage");
-        // SAFETY: checked just above: the bytes are n·k aligned u16 values.
-        let w = unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const u16, self.n * self.k) };
-        let y = crate::bf16::matmul(&xs, m, w, self.n, self.k, isa);
+        let datas: Vec<Cow<[u8]>> = weights.iter().map(|w| w.parts[0].0.data()).collect::<candle_core::Result<_>>()?;
+        let ws: Vec<(&[u16], usize)> = weights
+            .iter()
+            .zip(&datas)
+            .map(|(w, bytes)| {
+                // GGML BF16 storage is a Vec<bf16>: 2-aligned, n·k values.
+                assert!(bytes.len() == 2 * w.n * w.k && (bytes.as_ptr() as usize).is_multiple_of(2), "BF16 weight storage");
+                // SAFETY: checked just above: the bytes are n·k aligned u16 values.
+                (unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const u16, w.n * w.k) }, w.n)
+            })
+            .collect();
+        let ys = crate::bf16::matmul_shared_input(&xs, m, &ws, k, isa);
         let mut dims = x.dims().to_vec();
-        *dims.last_mut().expect("rank ≥ 1") = self.n;
-        Ok(Tensor::from_vec(y, dims, &x.device().clone())?)
+        weights
+            .iter()
+            .zip(ys)
+            .map(|(w, y)| {
+                *dims.last_mut().expect("rank ≥ 1") = w.n;
+                Ok(Tensor::from_vec(y, dims.clone(), &x.device().clone())?)
+            })
+            .collect()
     }
 
     /// The few-rows product on gramrr's own integer kernels ([`crate::qkernels`]).
@@ -263,8 +281,9 @@ impl QuantLinear {
     }
 
     /// `x Wᵀ` for several weights of the same input width: the input is quantized once and the
-    /// products run in one parallel region. Where a weight would not take gramrr's few-rows
-    /// kernels (many rows, bf16, candle's tiled kernel, not on CPU), each goes through
+    /// products run in one parallel region; bf16 weights share one rounding (and packing) of
+    /// the input. Where the weights would not all take gramrr's few-rows kernels or all the
+    /// bf16 ones (many rows, a mix, candle's tiled kernel, not on CPU), each goes through
     /// [`Self::forward`].
     pub fn forward_shared_input(weights: &[&QuantLinear], x: &Tensor) -> Result<Vec<Tensor>> {
         let x = x.contiguous()?;
@@ -277,8 +296,16 @@ impl QuantLinear {
             && weights.iter().all(|w| {
                 w.k == k && w.dtype != GgmlDType::BF16 && kernel_isa(w.dtype) == isa && !candle_tiled(w.dtype, w.n, w.k, m)
             });
+        // bf16 weights where `forward` would take the bf16 kernels (not the f32 GEMM that
+        // stands in for them on CPUs without bf16 dot products).
+        let bf16_isa = crate::bf16::chosen_isa();
+        let bf16 = x.device().is_cpu()
+            && !weights.is_empty()
+            && weights.iter().all(|w| w.k == k && w.dtype == GgmlDType::BF16 && w.parts.len() == 1)
+            && !(m >= DENSE_MIN_ROWS && bf16_isa != crate::bf16::Isa::Avx512Bf16);
         match isa {
             Some(isa) if kernels => Self::forward_kernels_many(weights, &x, m, isa),
+            _ if bf16 => Self::forward_bf16_many(weights, &x, m, bf16_isa),
             _ => weights.iter().map(|w| w.forward(&x)).collect(),
         }
     }
@@ -438,6 +465,18 @@ mod tests {
                 assert_eq!(y.dims(), &[1, m, w.n]);
                 let alone = w.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), alone, "{w:?} m={m}");
+            }
+        }
+        // bf16 weights: one rounding and packing of the input, the same numbers as alone, on
+        // the kernels (few rows) and the GEMM (many).
+        let bws: Vec<QuantLinear> = [64usize, 24].iter().map(|&n| QuantLinear::bf16(&Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap()).unwrap()).collect();
+        let brefs: Vec<&QuantLinear> = bws.iter().collect();
+        for m in [1, DENSE_MIN_ROWS + 8] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+            let got = QuantLinear::forward_shared_input(&brefs, &x).unwrap();
+            for (w, y) in bws.iter().zip(&got) {
+                let alone = w.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), alone, "bf16 {w:?} m={m}");
             }
         }
         let narrow = make(16, GgmlDType::Q8_0, 1);
