@@ -89,6 +89,21 @@ pub fn prefill_in_bf16() -> bool {
     })
 }
 
+/// The product a [`QuantLinear`] computes for a given number of input rows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    /// bf16 weights on the bf16 kernels (or the bf16 GEMM for many rows).
+    Bf16(crate::bf16::Isa),
+    /// bf16 weights, many rows, a CPU without bf16 dot products: the f32 GEMM.
+    Bf16OnF32Gemm,
+    /// Many rows: the weight dequantized slice by slice into a GEMM.
+    Dense,
+    /// Few rows on gramrr's integer kernels.
+    Kernels(qkernels::Isa),
+    /// candle's own quantized matmul.
+    Candle,
+}
+
 /// A quantized (N, K) weight, applied as `x Wᵀ`.
 #[derive(Clone)]
 pub struct QuantLinear {
@@ -163,6 +178,28 @@ impl QuantLinear {
         self.parts.iter().map(|(p, _)| p.as_ref())
     }
 
+    /// Which product [`Self::forward`] computes for `m` input rows; [`Self::forward_shared_input`]
+    /// asks the same question, so the two cannot drift apart.
+    fn path(&self, m: usize, cpu: bool) -> Path {
+        if !cpu {
+            return Path::Candle;
+        }
+        if self.dtype == GgmlDType::BF16 && self.parts.len() == 1 {
+            let isa = crate::bf16::chosen_isa();
+            if m >= DENSE_MIN_ROWS && isa != crate::bf16::Isa::Avx512Bf16 {
+                return Path::Bf16OnF32Gemm;
+            }
+            return Path::Bf16(isa);
+        }
+        if m >= DENSE_MIN_ROWS && std::env::var_os("GRAMRR_QUANT_DENSE_OFF").is_none() {
+            return Path::Dense;
+        }
+        match kernel_isa(self.dtype) {
+            Some(isa) if !candle_tiled(self.dtype, self.n, self.k, m) => Path::Kernels(isa),
+            _ => Path::Candle,
+        }
+    }
+
     /// x: (M, K) f32 → (M, N).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
@@ -170,9 +207,8 @@ impl QuantLinear {
             return Err(ModelError::Input(format!("quantized matmul: input {:?} for a {}x{} weight", x.dims(), self.n, self.k)));
         }
         let m = x.elem_count() / self.k;
-        if self.dtype == GgmlDType::BF16 && x.device().is_cpu() && self.parts.len() == 1 {
-            let isa = crate::bf16::chosen_isa();
-            if m >= DENSE_MIN_ROWS && isa != crate::bf16::Isa::Avx512Bf16 {
+        match self.path(m, x.device().is_cpu()) {
+            Path::Bf16OnF32Gemm => {
                 // Without bf16 instructions the f32 GEMM on the widened weight beats an FMA
                 // loop; with the activations rounded to bf16 first it is the same arithmetic
                 // as the kernels' (exact products, f32 sums), so results do not depend on M.
@@ -180,36 +216,32 @@ impl QuantLinear {
                 let y = crate::ops::linear(&xr, &self.parts[0].0.dequantize(&x.device().clone())?)?;
                 let mut dims = x.dims().to_vec();
                 *dims.last_mut().expect("rank ≥ 1") = self.n;
-                return Ok(y.reshape(dims)?);
+                Ok(y.reshape(dims)?)
             }
-            return self.forward_bf16(&x, m, isa);
-        }
-        if m >= DENSE_MIN_ROWS && x.device().is_cpu() && std::env::var_os("GRAMRR_QUANT_DENSE_OFF").is_none() {
-            if prefill_in_bf16() {
-                return self.forward_prefill_bf16(&x, m);
+            Path::Bf16(isa) => self.forward_bf16(&x, m, isa),
+            Path::Dense if prefill_in_bf16() => self.forward_prefill_bf16(&x, m),
+            Path::Dense => {
+                let x2 = x.reshape((m, self.k))?;
+                let mut outs = Vec::with_capacity(self.parts.len());
+                for (p, _) in &self.parts {
+                    let w = p.dequantize(&x.device().clone())?;
+                    outs.push(crate::ops::linear(&x2, &w)?);
+                }
+                let mut dims = x.dims().to_vec();
+                *dims.last_mut().expect("rank ≥ 1") = self.n;
+                Ok(Tensor::cat(&outs, 1)?.reshape(dims)?)
             }
-            let x2 = x.reshape((m, self.k))?;
-            let mut outs = Vec::with_capacity(self.parts.len());
-            for (p, _) in &self.parts {
-                let w = p.dequantize(&x.device().clone())?;
-                outs.push(crate::ops::linear(&x2, &w)?);
+            Path::Kernels(isa) => self.forward_kernels(&x, m, isa),
+            Path::Candle if self.parts.len() == 1 => Ok(x.apply_op1_no_bwd(self.parts[0].0.as_ref())?),
+            Path::Candle => {
+                let outs: Vec<Tensor> = self
+                    .parts
+                    .par_iter()
+                    .map(|(p, _)| x.apply_op1_no_bwd(p.as_ref()))
+                    .collect::<candle_core::Result<_>>()?;
+                Ok(Tensor::cat(&outs, x.rank() - 1)?)
             }
-            let mut dims = x.dims().to_vec();
-            *dims.last_mut().expect("rank ≥ 1") = self.n;
-            return Ok(Tensor::cat(&outs, 1)?.reshape(dims)?);
         }
-        if let Some(isa) = kernel_isa(self.dtype).filter(|_| x.device().is_cpu() && !candle_tiled(self.dtype, self.n, self.k, m)) {
-            return self.forward_kernels(&x, m, isa);
-        }
-        if self.parts.len() == 1 {
-            return Ok(x.apply_op1_no_bwd(self.parts[0].0.as_ref())?);
-        }
-        let outs: Vec<Tensor> = self
-            .parts
-            .par_iter()
-            .map(|(p, _)| x.apply_op1_no_bwd(p.as_ref()))
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Tensor::cat(&outs, x.rank() - 1)?)
     }
 
     /// Many input rows where the CPU has bf16 dot products: the weight dequantized and rounded
@@ -228,11 +260,12 @@ impl QuantLinear {
                 Ok(w.iter().map(|&v| crate::bf16::to_bf16(v)).collect())
             })
             .collect::<Result<_>>()?;
-        let isa = crate::bf16::chosen_isa();
+        // One rounding and packing of x serves every slice.
+        let slices: Vec<(&[u16], usize)> = self.parts.iter().zip(&weights).map(|((_, rows), w)| (w.as_slice(), *rows)).collect();
+        let parts = crate::bf16::matmul_shared_input(&xs, m, &slices, self.k, crate::bf16::chosen_isa());
         let mut y = vec![0f32; m * self.n];
         let mut col = 0;
-        for ((_, rows), w) in self.parts.iter().zip(&weights) {
-            let part = crate::bf16::matmul(&xs, m, w, *rows, self.k, isa);
+        for ((_, rows), part) in self.parts.iter().zip(&parts) {
             for (dst, src) in y.chunks_exact_mut(self.n).zip(part.chunks_exact(*rows)) {
                 dst[col..col + rows].copy_from_slice(src);
             }
@@ -289,23 +322,11 @@ impl QuantLinear {
         let x = x.contiguous()?;
         let k = x.dim(candle_core::D::Minus1)?;
         let m = x.elem_count() / k.max(1);
-        let isa = weights.first().and_then(|w| kernel_isa(w.dtype));
-        let kernels = isa.is_some()
-            && x.device().is_cpu()
-            && m < DENSE_MIN_ROWS
-            && weights.iter().all(|w| {
-                w.k == k && w.dtype != GgmlDType::BF16 && kernel_isa(w.dtype) == isa && !candle_tiled(w.dtype, w.n, w.k, m)
-            });
-        // bf16 weights where `forward` would take the bf16 kernels (not the f32 GEMM that
-        // stands in for them on CPUs without bf16 dot products).
-        let bf16_isa = crate::bf16::chosen_isa();
-        let bf16 = x.device().is_cpu()
-            && !weights.is_empty()
-            && weights.iter().all(|w| w.k == k && w.dtype == GgmlDType::BF16 && w.parts.len() == 1)
-            && !(m >= DENSE_MIN_ROWS && bf16_isa != crate::bf16::Isa::Avx512Bf16);
-        match isa {
-            Some(isa) if kernels => Self::forward_kernels_many(weights, &x, m, isa),
-            _ if bf16 => Self::forward_bf16_many(weights, &x, m, bf16_isa),
+        let paths: Vec<Path> = weights.iter().map(|w| w.path(m, x.device().is_cpu())).collect();
+        let same = weights.iter().all(|w| w.k == k) && paths.windows(2).all(|p| p[0] == p[1]);
+        match paths.first() {
+            Some(&Path::Kernels(isa)) if same => Self::forward_kernels_many(weights, &x, m, isa),
+            Some(&Path::Bf16(isa)) if same => Self::forward_bf16_many(weights, &x, m, isa),
             _ => weights.iter().map(|w| w.forward(&x)).collect(),
         }
     }
