@@ -1,7 +1,9 @@
 //! Throwaway: the reward model's learning curve in the demo domain (sizing the demo).
 //! Trains π_φ from a pretrained backbone on N pairs with the domain's canonical rationales for
 //! S steps and reports test accuracy with the rationale's steps checked one by one.
-//! usage: rm_probe BACKBONE_DIR N STEPS LR [BATCH] [DECISION_WEIGHT]   (env SEED, WORKERS)
+//! usage: rm_probe BACKBONE_DIR N STEPS LR [M S1 NOISE]   (env SEED, WORKERS; REPLAY=K mixes K
+//! pretraining documents into every phase; VERDICT=digits writes each verdict digit by digit;
+//! SHOW prints four test rationales)
 use std::path::Path;
 use std::time::Instant;
 
@@ -10,8 +12,7 @@ use rand::{Rng, SeedableRng};
 use gramrr_model::tokenizer::TextTokenizer;
 use gramrr_model::weights::SafetensorsCheckpoint;
 use gramrr_model::{Decoder, DecoderConfig, Engine, LoadOptions, WeightDType};
-use gramrr_pipeline::data::rm_examples;
-use gramrr_pipeline::demo::domain::{self, computation_correct, reversed, Domain, DomainSizes, Problem};
+use gramrr_pipeline::demo::domain::{computation_correct, reversed, Domain, DomainSizes, Problem};
 use gramrr_pipeline::eval::evaluate;
 use gramrr_pipeline::format::compact::{parse_body, THINK, THINK_END};
 use gramrr_pipeline::CompactFormat;
@@ -60,12 +61,18 @@ fn mislabeled(p: &PreferencePair) -> PreferencePair {
     let yes = |v: u32| if v == w { "yes" } else { "no" };
     let work = prob.work();
     let work = format!("{}={}", &work[..work.find('=').unwrap()], reversed(w));
-    let z = format!("{THINK}{work} so {w}. A {va} vs {w} {}. B {vb} vs {w} {}.{THINK_END}<answer>{}</answer>", yes(va), yes(vb), label.as_str());
+    let _ = yes;
+    let z = rationale_text(&work, w, va, vb, label);
     PreferencePair { label: Some(label), rationale: Some(z), ..p.clone() }
 }
 
 fn report(tag: &str, engine: &Engine, f: &CompactFormat, d: &Domain, loss: f32, secs: f64) -> anyhow::Result<()> {
     let (s, preds) = evaluate(engine, f, &d.test, 72, 1000, |_| {})?;
+    if std::env::var("SHOW").is_ok() {
+        for (p, r) in d.test.iter().zip(&preds).take(4) {
+            println!("  {} | {} | {} | {:?}", p.prompt.as_text(), p.response_a, p.response_b, r.text);
+        }
+    }
     println!("{tag}: loss {loss:.4} | test {:.1} ({}) | {secs:.0}s", s.accuracy, quality(&d.test, &preds));
     Ok(())
 }
@@ -86,7 +93,9 @@ fn main() -> anyhow::Result<()> {
     let batch = 64;
     let seed: u64 = std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let workers: usize = std::env::var("WORKERS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
-    let mut d = Domain::generate(seed, &DomainSizes { seed: n, labeled: m, unlabeled: 0, test: 1000, pretrain: 0 });
+    // REPLAY=K: K pretraining documents mixed into every phase's data (forgetting probe).
+    let replay: usize = std::env::var("REPLAY").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut d = Domain::generate(seed, &DomainSizes { seed: n, labeled: m, unlabeled: 0, test: 1000, pretrain: replay });
     let f = CompactFormat::default();
     let tok = TextTokenizer::from_dir(dir)?;
     let cfg = DecoderConfig::from_file(&dir.join("config.json"))?;
@@ -94,7 +103,15 @@ fn main() -> anyhow::Result<()> {
     let opts = LoadOptions { batch_size: 512, max_batch_tokens: 1 << 20, workers, ..Default::default() };
     let dec = Decoder::load(&cfg, &SafetensorsCheckpoint::open(dir, &dev, WeightDType::F32)?)?;
     let w = 10.0;
-    let base = rm_examples(&tok, &f, &d.seed, w)?;
+    let replay_ex: Vec<gramrr_train::SftExample> = d
+        .pretrain
+        .iter()
+        .map(|(q, c)| gramrr_pipeline::data::make_example(&tok, &gramrr_model::backend::Prompt::Raw(q.clone()), &[gramrr_train::Segment { text: c.clone(), weight: 1.0 }]))
+        .collect::<Result<_, _>>()?;
+    for p in d.seed.iter_mut() {
+        p.rationale = Some(rationale_for(p));
+    }
+    let base = [probe_examples(&tok, &f, &d.seed, w)?, replay_ex].concat();
     let t = Instant::now();
     let (dec, rep) = train_sft(dec, &tok, &base, &sft(steps, lr, batch, workers, seed + 1), None, &mut Silent)?;
     let secs = t.elapsed().as_secs_f64();
@@ -116,7 +133,7 @@ fn main() -> anyhow::Result<()> {
             *p = mislabeled(p);
         }
     }
-    let extra = rm_examples(&tok, &f, &d.labeled, w)?;
+    let extra = probe_examples(&tok, &f, &d.labeled, w)?;
     for (tag, data) in [("control", base.clone()), ("self-training", [base.clone(), extra].concat())] {
         let t = Instant::now();
         let (dec2, rep) = train_sft(dec.clone(), &tok, &data, &sft(s1, lr * 2.0 / 3.0, batch, workers, seed + 2), None, &mut Silent)?;
@@ -129,5 +146,58 @@ fn main() -> anyhow::Result<()> {
 fn rationale_for(p: &PreferencePair) -> String {
     let prob = Problem::parse(&p.prompt.as_text()).unwrap();
     let value = |r: &str| -> u32 { r.chars().filter(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap() };
-    domain::rationale(&prob, value(&p.response_a), value(&p.response_b))
+    let (va, vb) = (value(&p.response_a), value(&p.response_b));
+    rationale_text(&prob.work(), prob.answer(), va, vb, if va == prob.answer() { Label::A } else { Label::B })
+}
+
+
+/// VERDICT=digits: each verdict compares the two numbers digit by digit, right-aligned and
+/// zero-padded (`A 49 vs 48: 4=4 9x8 no`), so equality is decided on adjacent characters.
+fn digits() -> bool {
+    std::env::var("VERDICT").map(|v| v == "digits").unwrap_or(false)
+}
+
+fn judged(v: u32, c: u32) -> String {
+    let yes = if v == c { "yes" } else { "no" };
+    if !digits() {
+        return format!("{v} vs {c} {yes}");
+    }
+    let (sv, sc) = (v.to_string(), c.to_string());
+    let n = sv.len().max(sc.len());
+    let (pv, pc) = (format!("{sv:0>n$}"), format!("{sc:0>n$}"));
+    let pairs: Vec<String> = pv.chars().zip(pc.chars()).map(|(x, y)| format!("{x}{}{y}", if x == y { '=' } else { 'x' })).collect();
+    format!("{v} vs {c}: {} {yes}", pairs.join(" "))
+}
+
+fn rationale_text(work: &str, c: u32, va: u32, vb: u32, label: Label) -> String {
+    format!("{THINK}{work} so {c}. A {}. B {}.{THINK_END}<answer>{}</answer>", judged(va, c), judged(vb, c), label.as_str())
+}
+
+/// RM examples with the decision words (yes/no and the label) weighted `w`: the pipeline's
+/// own for the canonical form, found by text for the digit-wise one (which the format does not parse).
+fn probe_examples(tok: &TextTokenizer, f: &CompactFormat, pairs: &[PreferencePair], w: f32) -> anyhow::Result<Vec<gramrr_train::SftExample>> {
+    use gramrr_pipeline::PairFormat;
+    if !digits() {
+        return Ok(gramrr_pipeline::data::rm_examples(tok, f, pairs, w)?);
+    }
+    pairs
+        .iter()
+        .map(|p| {
+            let z = p.rationale.as_deref().unwrap();
+            let mut segs = vec![];
+            let mut rest = z;
+            loop {
+                let hit = [" yes.", " no."].iter().filter_map(|k| rest.find(k).map(|i| (i, k.len()))).min();
+                let Some((i, k)) = hit else { break };
+                segs.push(gramrr_train::Segment { text: rest[..i + 1].to_string(), weight: 1.0 });
+                segs.push(gramrr_train::Segment { text: rest[i + 1..i + k - 1].to_string(), weight: w });
+                rest = &rest[i + k - 1..];
+            }
+            let l = rest.rfind("</answer>").unwrap();
+            segs.push(gramrr_train::Segment { text: rest[..l - 1].to_string(), weight: 1.0 });
+            segs.push(gramrr_train::Segment { text: rest[l - 1..l].to_string(), weight: w });
+            segs.push(gramrr_train::Segment { text: rest[l..].to_string(), weight: 1.0 });
+            Ok(gramrr_pipeline::data::make_example(tok, &f.judge_prompt(p), &segs)?)
+        })
+        .collect()
 }
