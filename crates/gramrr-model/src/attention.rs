@@ -27,10 +27,21 @@ const ROW_BLOCK: usize = 128;
 
 pub struct CausalAttention {
     pub scale: f32,
+    /// What the scores `Q Kᵀ` and the output `P V` are multiplied in (the softmax is f32).
+    pub products: Products,
     pub offset: usize,
     /// For query row (b, t) at index b·T + t: the first key it may see (its document's start).
     /// `None`: every query sees keys from 0.
     pub starts: Option<Arc<Vec<u32>>>,
+}
+
+/// The precision of attention's two products. `Bf16` rounds Q, K, V and the probabilities to
+/// bf16 and sums in f32, as torch's CPU attention does for a bf16 model; inference only (the
+/// backward is the f32 one), and only where the CPU has AVX512-BF16 (f32 otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Products {
+    F32,
+    Bf16,
 }
 
 /// Whether the fused op can run here: f32 CPU tensors and a BLAS in use.
@@ -45,6 +56,11 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Resul
 
 /// [`causal_attention`] where query row (b, t) sees no key before `starts[b·T + t]`.
 pub fn causal_attention_in_documents(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, starts: Option<Arc<Vec<u32>>>) -> Result<Tensor> {
+    causal_attention_with(q, k, v, scale, starts, Products::F32)
+}
+
+/// [`causal_attention_in_documents`] with its products in the given precision.
+pub fn causal_attention_with(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, starts: Option<Arc<Vec<u32>>>, products: Products) -> Result<Tensor> {
     let unit_last = |t: &Tensor| if t.stride().last() == Some(&1) { Ok(t.clone()) } else { t.contiguous() };
     let (b, t, s) = (q.dim(0)?, q.dim(1)?, k.dim(1)?);
     if s < t {
@@ -55,7 +71,12 @@ pub fn causal_attention_in_documents(q: &Tensor, k: &Tensor, v: &Tensor, scale: 
             candle_core::bail!("causal attention: {} document starts for {b}×{t} queries", st.len())
         }
     }
-    q.apply_op3(&unit_last(k)?, &unit_last(v)?, CausalAttention { scale, offset: s - t, starts })
+    let products = if products == Products::Bf16 && crate::bf16::detected_isa() == crate::bf16::Isa::Avx512Bf16 && q.dim(3)?.is_multiple_of(2) {
+        Products::Bf16
+    } else {
+        Products::F32
+    };
+    q.apply_op3(&unit_last(k)?, &unit_last(v)?, CausalAttention { scale, products, offset: s - t, starts })
 }
 
 /// One rank-4 operand seen as (batch, head) matrices of rows × D.
@@ -122,9 +143,17 @@ fn keys_for(t1: usize, offset: usize, s: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 unsafe fn probabilities(blas: &Blas, q: *const f32, q_rs: usize, k: *const f32, k_rs: usize, rows: usize, nk: usize, d: usize, t0: usize, offset: usize, starts: Option<&[u32]>, scale: f32, p: &mut [f32]) {
     blas.sgemm(false, true, (rows, nk, d), 1.0, (q, q_rs), (k, k_rs), 0.0, (p.as_mut_ptr(), nk));
-    for (i, row) in p.chunks_exact_mut(nk).enumerate() {
+    causal_softmax(p, nk, nk, t0, offset, starts, scale);
+}
+
+/// Scores → causal probabilities in place, for rows `ld` apart holding `nk` keys each (the
+/// rest of a row, padding, is set to zero); rows and the rest as in [`probabilities`].
+fn causal_softmax(p: &mut [f32], ld: usize, nk: usize, t0: usize, offset: usize, starts: Option<&[u32]>, scale: f32) {
+    for (i, row) in p.chunks_exact_mut(ld).enumerate() {
         let valid = (offset + t0 + i + 1).min(nk);
         let first = starts.map_or(0, |s| (s[i] as usize).min(valid));
+        let (row, pad) = row.split_at_mut(nk);
+        pad.fill(0.0);
         softmax_row(row, first, valid, scale);
     }
 }
@@ -330,6 +359,60 @@ fn softmax_grad_row_portable(p: &[f32], dp: &mut [f32], scale: f32) {
     }
 }
 
+impl CausalAttention {
+    /// The forward with bf16 products ([`Products::Bf16`]): K and V are rounded and packed
+    /// once per (batch, KV head), for every query head and block of query rows that reads them
+    /// (`bf16::attention_products`); query rows and probabilities are rounded as they go in. A
+    /// few query rows (decoding) take the f32 path, which is no GEMM.
+    fn forward_bf16(&self, q: Heads, k: Heads, v: Heads, dm: Dims) -> Vec<f32> {
+        use crate::bf16::attention_products::PackedKv;
+        let Dims { b, t, s, h, kh, d } = dm;
+        let rep = h / kh;
+        let (scale, offset) = (self.scale, self.offset);
+        let starts = self.starts.as_deref().map(|v| v.as_slice());
+        let packed: Vec<PackedKv> = (0..b * kh)
+            .into_par_iter()
+            .map(|i| {
+                let (bi, ki) = (i / kh, i % kh);
+                // SAFETY: r < S and ki < K are inside the layouts checked by `dims`.
+                let row = |x: Heads| move |r: usize| unsafe { std::slice::from_raw_parts(x.at(bi, r, ki), d) };
+                PackedKv::new(row(k), row(v), s, d)
+            })
+            .collect();
+        let mut out = vec![0f32; b * t * h * d];
+        let op = SendPtr(out.as_mut_ptr());
+        (0..b * h).into_par_iter().for_each(|bh| {
+            let (bi, hi) = (bh / h, bh % h);
+            let ki = hi / rep;
+            let op = op;
+            let kv = &packed[bi * kh + ki];
+            let mut p = vec![0f32; ROW_BLOCK.min(t) * s.next_multiple_of(2)];
+            let (mut qb, mut pb) = (Vec::new(), Vec::new());
+            for t0 in (0..t).step_by(ROW_BLOCK) {
+                let t1 = (t0 + ROW_BLOCK).min(t);
+                let (rows, nk) = (t1 - t0, keys_for(t1, offset, s));
+                let ld = nk.next_multiple_of(2);
+                let st = starts.map(|v| &v[bi * t + t0..bi * t + t1]);
+                // SAFETY: as in the f32 forward: indices inside the checked layouts, and this
+                // task alone writes rows [t0, t1) of head hi of batch bi of `out`; the CPU has
+                // AVX512-BF16 (checked when `products` was chosen).
+                unsafe {
+                    let o = op.0.add((bi * t + t0) * h * d + hi * d);
+                    if rows <= FEW_ROWS {
+                        few_rows_attention(q.at(bi, t0, hi), q.sr, k.at(bi, 0, ki), k.sr, v.at(bi, 0, ki), v.sr, rows, nk, d, t0, offset, st, scale, &mut p[..rows * nk], o, h * d);
+                        continue;
+                    }
+                    let p = &mut p[..rows * ld];
+                    kv.scores(q.at(bi, t0, hi), q.sr, rows, nk, p, ld, &mut qb);
+                    causal_softmax(p, ld, nk, t0, offset, st, scale);
+                    kv.output(p, rows, ld, o, h * d, &mut pb);
+                }
+            }
+        });
+        out
+    }
+}
+
 impl CustomOp3 for CausalAttention {
     fn name(&self) -> &'static str {
         "gramrr-causal-attention"
@@ -341,6 +424,10 @@ impl CustomOp3 for CausalAttention {
         let (q, _) = Heads::new(qs, ql, "q")?;
         let (k, _) = Heads::new(ks, kl, "k")?;
         let (v, _) = Heads::new(vs, vl, "v")?;
+        if self.products == Products::Bf16 {
+            let out = self.forward_bf16(q, k, v, dm);
+            return Ok((CpuStorage::F32(out), Shape::from((b, t, h, d))));
+        }
         let blas = blas()?;
         let rep = h / kh;
         let (scale, offset) = (self.scale, self.offset);
@@ -527,6 +614,44 @@ mod tests {
         for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
             let diff = max_diff(gf.get(x).unwrap(), gr.get(x).unwrap());
             assert!(diff < 1e-4, "d{name}: {diff}");
+        }
+    }
+
+    /// bf16 products: the attention of Q, K and V rounded to bf16, within the rounding of the
+    /// probabilities (each off by at most 2⁻⁹ relative, so the output by 2⁻⁹·max|v|), and not
+    /// the f32 result; with two row blocks, an odd key count, cache offsets and documents.
+    #[test]
+    fn bf16_products_are_the_attention_of_bf16_inputs() {
+        if crate::bf16::detected_isa() != crate::bf16::Isa::Avx512Bf16 || crate::blas::get().is_none() {
+            eprintln!("skipped: no AVX512-BF16 (the bf16 products fall back to f32) or no BLAS");
+            return;
+        }
+        let dev = Device::Cpu;
+        let round = |x: &Tensor| x.to_dtype(candle_core::DType::BF16).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+        for &(t, s, d) in &[(150usize, 150usize, 64usize), (151, 151, 64), (20, 23, 64), (9, 9, 128)] {
+            let q = Tensor::randn(0f32, 1.0, (2, t, 6, d), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (2, s, 2, d), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (2, s, 2, d), &dev).unwrap();
+            let ours = causal_attention_with(&q, &k, &v, 0.125, None, Products::Bf16).unwrap();
+            let want = reference(&round(&q), &round(&k), &round(&v), 0.125);
+            let vmax = v.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let bound = vmax * 2f32.powi(-9) + 1e-5;
+            let diff = max_diff(&ours, &want);
+            assert!(diff <= bound, "t={t} s={s} d={d}: {diff} from the bf16-input attention (bound {bound})");
+            let from_f32 = max_diff(&ours, &causal_attention(&q, &k, &v, 0.125).unwrap());
+            assert!(from_f32 > 1e-3, "t={t} s={s} d={d}: bf16 products equal the f32 ones ({from_f32})");
+        }
+        // Documents: the same starts give the same answer as each document alone.
+        let (t, d) = (140usize, 64usize);
+        let x = |h: usize| Tensor::randn(0f32, 1.0, (1, t, h, d), &dev).unwrap();
+        let (q, k, v) = (x(4), x(2), x(2));
+        let starts: Vec<u32> = (0..t as u32).map(|i| if i >= 60 { 60 } else { 0 }).collect();
+        let ours = causal_attention_with(&q, &k, &v, 0.125, Some(Arc::new(starts)), Products::Bf16).unwrap();
+        let n = |x: &Tensor, a: usize, b: usize| x.narrow(1, a, b - a).unwrap();
+        for (a, b) in [(0usize, 60usize), (60, t)] {
+            let alone = causal_attention_with(&n(&q, a, b), &n(&k, a, b), &n(&v, a, b), 0.125, None, Products::Bf16).unwrap();
+            let diff = max_diff(&n(&ours, a, b), &alone);
+            assert!(diff < 1e-6, "document {a}..{b}: {diff}");
         }
     }
 

@@ -671,5 +671,8 @@ mod tests {
             let rel = (exp_f32(x) as f64 - (x.max(-87.0) as f64).exp()).abs() / (x.max(-87.0) as f64).exp();
             assert!(rel < 3e-7, "exp({x}): relative error {rel}");
         }
+        // Outside its domain it stays defined: NaN flushes like −∞, +∞ clamps.
+        assert!(exp_f32(f32::NAN) < 1e-37 && exp_f32(f32::NEG_INFINITY) < 1e-37);
+        assert_eq!(exp_f32(f32::INFINITY), exp_f32(88.0));
     }
 }

@@ -538,11 +538,17 @@ impl Attention {
             None => k,
         };
         let scale = 1.0 / (d as f64).sqrt();
+        // A bf16 model computes attention's products in bf16 too, as torch does (inference).
+        let products = if !ctx.train && self.q_proj.quant.as_ref().is_some_and(|w| w.is_bf16()) {
+            crate::attention::Products::Bf16
+        } else {
+            crate::attention::Products::F32
+        };
         if mask.is_none() && cache.is_none() && crate::attention::applies(&q) {
             // Scoring and training: causality alone, fused, on (B, T, heads, D) as they are.
             let q = apply_rope(&q, &rope.0, &rope.1)?;
             let k = apply_rope(&k, &rope.0, &rope.1)?;
-            let out = crate::attention::causal_attention_in_documents(&q, &k, &v, scale as f32, starts.cloned())?; // (B, T, H, D)
+            let out = crate::attention::causal_attention_with(&q, &k, &v, scale as f32, starts.cloned(), products)?; // (B, T, H, D)
             return self.o_proj.forward(&out.reshape((b * t, h * d))?, ctx);
         }
         if (mask.is_none() || starts.is_some()) && crate::attention::applies(&q) {
@@ -557,7 +563,7 @@ impl Attention {
                 cv.slice_set(&v.transpose(1, 2)?.contiguous()?, 2, offset)?;
                 let s = offset + t;
                 let (k, v) = (ck.narrow(2, 0, s)?.transpose(1, 2)?, cv.narrow(2, 0, s)?.transpose(1, 2)?);
-                let out = crate::attention::causal_attention_in_documents(&q, &k, &v, scale as f32, starts.cloned())?; // (B, T, H, D)
+                let out = crate::attention::causal_attention_with(&q, &k, &v, scale as f32, starts.cloned(), products)?; // (B, T, H, D)
                 return self.o_proj.forward(&out.reshape((b * t, h * d))?, ctx);
             }
         }

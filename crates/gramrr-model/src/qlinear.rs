@@ -127,6 +127,11 @@ impl QuantLinear {
         Self::with_slices(QTensor::quantize(&w.to_dtype(DType::F32)?.contiguous()?, GgmlDType::BF16)?, 1)
     }
 
+    /// Whether the weight is held as bf16 (`--dtype bf16`), not quantized.
+    pub fn is_bf16(&self) -> bool {
+        self.dtype == GgmlDType::BF16
+    }
+
     /// Cuts `q` (N, K) into one slice per rayon thread.
     pub fn new(q: QTensor) -> Result<Self> {
         let (n, k) = q.shape().dims2()?;
