@@ -18,7 +18,8 @@ step: reward_mean, ...). For each seed it prints a Markdown table with one row p
   over-optimisation;
 - with --judge, the RM's pairwise accuracy on right-vs-wrong pairs drawn from the samples
   (`gramrr judge` with the act's judging settings: compact template, reasoning mode, greedy,
-  72-token rationales, one order per pair).
+  72-token rationales, one order per pair), how often the result the RM works out in its
+  rationale is right, and how often a wrong one is one of the two answers it was shown.
 
 The samples carry no gold flag: "right" is recomputed here exactly as the act does it
 (`computation_correct` in crates/gramrr-pipeline/src/demo/domain.rs, applied to the bare question
@@ -198,6 +199,38 @@ def run_judge(gramrr, model, pairs, tmp, tag, both_orders=False):
     return 100.0 * right / len(verdicts), len(verdicts), failed, 100.0 * ties / len(verdicts)
 
 
+# The judge's worked steps in the demo's compact form: `<think>WORK so RESULT. A x vs RESULT …`.
+RESULT = re.compile(r"<think>[^<]*? so (\d+)\.")
+
+
+def sums(pairs, verdicts_path):
+    """Of the judged pairs whose rationale states a result: how often that result is the right
+    answer, and how often a wrong result is one of the two answers shown to the judge (the RM
+    copying an answer it was shown instead of working the sum out)."""
+    by_id = {p["id"]: p for p in pairs}
+    n = right = wrong = copied = 0
+    for v in read_jsonl(verdicts_path):
+        p = by_id[v["id"]]
+        for j in v.get("judgments", []):
+            m = RESULT.search(j.get("rationale", ""))
+            if not m:
+                continue
+            a, op, b = re.match(r"(\d+)([+-])(\d+)\?", p["prompt"]).groups()
+            answer = int(a) + int(b) if op == "+" else int(a) - int(b)
+            shown = {stated_value(p["response_a"]), stated_value(p["response_b"])}
+            c = int(m.group(1))
+            n += 1
+            right += c == answer
+            wrong += c != answer
+            copied += c != answer and c in shown
+    return n, right, wrong, copied
+
+
+def stated_value(answer):
+    digits = "".join(ch for ch in answer if ch.isdigit())
+    return int(digits) if digits else None
+
+
 def fmt(x, spec):
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -224,7 +257,7 @@ def main():
         print(f"### seed {seed} (`{out}`)\n")
         head = "| reward | samples | right | mean reward, right samples | mean reward, wrong samples | gap | groups with a right sample | right above wrong within a group | gold of samples, first → last quarter | proxy reward, first → last quarter |"
         if args.judge:
-            head += " RM on right-vs-wrong pairs (n) |"
+            head += " RM on right-vs-wrong pairs (n) | RM's own result right | wrong results equal to a shown answer |"
             if args.both_orders:
                 head += " same pairs, both orders: right + ties → right + ties/2 |"
         print(head)
@@ -248,12 +281,14 @@ def main():
             checked += rust is not None
             if args.judge:
                 if stage is None:
-                    row += " — |"
+                    row += " — | — | — |"
                 else:
                     pairs = judge_pairs(a["groups"], args.pairs, args.seed)
                     with tempfile.TemporaryDirectory() as tmp:
                         acc, n, failed, _ = run_judge(args.gramrr, os.path.join(out, "run", stage, "model"), pairs, tmp, slug)
                         row += f" {acc:.1f}% ({n}{f', {failed} unparsed' if failed else ''}) |"
+                        k, right, wrong, copied = sums(pairs, os.path.join(tmp, f"{slug}.verdicts.jsonl"))
+                        row += f" {100.0 * right / k:.1f}% ({k}) | {100.0 * copied / wrong if wrong else float('nan'):.1f}% of {wrong} |"
                         if args.both_orders:
                             acc2, _, _, ties = run_judge(args.gramrr, os.path.join(out, "run", stage, "model"), pairs, tmp, slug + ".both", True)
                             row += f" {acc2:.1f}% + {ties:.1f}% ties → {acc2 + ties / 2:.1f}% |"
