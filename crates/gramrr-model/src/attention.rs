@@ -424,7 +424,8 @@ impl CustomOp3 for CausalAttention {
         let (q, _) = Heads::new(qs, ql, "q")?;
         let (k, _) = Heads::new(ks, kl, "k")?;
         let (v, _) = Heads::new(vs, vl, "v")?;
-        if self.products == Products::Bf16 {
+        // Decoding (a few query rows) takes the f32 path: no GEMM there, so nothing to pack.
+        if self.products == Products::Bf16 && t > FEW_ROWS {
             let out = self.forward_bf16(q, k, v, dm);
             return Ok((CpuStorage::F32(out), Shape::from((b, t, h, d))));
         }
