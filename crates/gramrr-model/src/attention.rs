@@ -19,6 +19,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::bf16::attention_products::PackedKv;
 use crate::blas::{Blas, SendPtr};
 use crate::ops::exp_f32;
 
@@ -359,60 +360,6 @@ fn softmax_grad_row_portable(p: &[f32], dp: &mut [f32], scale: f32) {
     }
 }
 
-impl CausalAttention {
-    /// The forward with bf16 products ([`Products::Bf16`]): K and V are rounded and packed
-    /// once per (batch, KV head), for every query head and block of query rows that reads them
-    /// (`bf16::attention_products`); query rows and probabilities are rounded as they go in. A
-    /// few query rows (decoding) take the f32 path, which is no GEMM.
-    fn forward_bf16(&self, q: Heads, k: Heads, v: Heads, dm: Dims) -> Vec<f32> {
-        use crate::bf16::attention_products::PackedKv;
-        let Dims { b, t, s, h, kh, d } = dm;
-        let rep = h / kh;
-        let (scale, offset) = (self.scale, self.offset);
-        let starts = self.starts.as_deref().map(|v| v.as_slice());
-        let packed: Vec<PackedKv> = (0..b * kh)
-            .into_par_iter()
-            .map(|i| {
-                let (bi, ki) = (i / kh, i % kh);
-                // SAFETY: r < S and ki < K are inside the layouts checked by `dims`.
-                let row = |x: Heads| move |r: usize| unsafe { std::slice::from_raw_parts(x.at(bi, r, ki), d) };
-                PackedKv::new(row(k), row(v), s, d)
-            })
-            .collect();
-        let mut out = vec![0f32; b * t * h * d];
-        let op = SendPtr(out.as_mut_ptr());
-        (0..b * h).into_par_iter().for_each(|bh| {
-            let (bi, hi) = (bh / h, bh % h);
-            let ki = hi / rep;
-            let op = op;
-            let kv = &packed[bi * kh + ki];
-            let mut p = vec![0f32; ROW_BLOCK.min(t) * s.next_multiple_of(2)];
-            let (mut qb, mut pb) = (Vec::new(), Vec::new());
-            for t0 in (0..t).step_by(ROW_BLOCK) {
-                let t1 = (t0 + ROW_BLOCK).min(t);
-                let (rows, nk) = (t1 - t0, keys_for(t1, offset, s));
-                let ld = nk.next_multiple_of(2);
-                let st = starts.map(|v| &v[bi * t + t0..bi * t + t1]);
-                // SAFETY: as in the f32 forward: indices inside the checked layouts, and this
-                // task alone writes rows [t0, t1) of head hi of batch bi of `out`; the CPU has
-                // AVX512-BF16 (checked when `products` was chosen).
-                unsafe {
-                    let o = op.0.add((bi * t + t0) * h * d + hi * d);
-                    if rows <= FEW_ROWS {
-                        few_rows_attention(q.at(bi, t0, hi), q.sr, k.at(bi, 0, ki), k.sr, v.at(bi, 0, ki), v.sr, rows, nk, d, t0, offset, st, scale, &mut p[..rows * nk], o, h * d);
-                        continue;
-                    }
-                    let p = &mut p[..rows * ld];
-                    kv.scores(q.at(bi, t0, hi), q.sr, rows, nk, p, ld, &mut qb);
-                    causal_softmax(p, ld, nk, t0, offset, st, scale);
-                    kv.output(p, rows, ld, o, h * d, &mut pb);
-                }
-            }
-        });
-        out
-    }
-}
-
 impl CustomOp3 for CausalAttention {
     fn name(&self) -> &'static str {
         "gramrr-causal-attention"
@@ -424,12 +371,24 @@ impl CustomOp3 for CausalAttention {
         let (q, _) = Heads::new(qs, ql, "q")?;
         let (k, _) = Heads::new(ks, kl, "k")?;
         let (v, _) = Heads::new(vs, vl, "v")?;
-        // Decoding (a few query rows) takes the f32 path: no GEMM there, so nothing to pack.
-        if self.products == Products::Bf16 && t > FEW_ROWS {
-            let out = self.forward_bf16(q, k, v, dm);
-            return Ok((CpuStorage::F32(out), Shape::from((b, t, h, d))));
-        }
-        let blas = blas()?;
+        // The products of blocks of many query rows: f32 on the BLAS, or bf16 on the packed
+        // GEMM with K and V rounded and packed once per (batch, KV head), for every query head
+        // and row block that reads them. Decoding (a few query rows) needs neither.
+        let bf16 = self.products == Products::Bf16 && t > FEW_ROWS;
+        let blas = if bf16 { None } else { Some(blas()?) };
+        let packed: Vec<PackedKv> = if !bf16 {
+            Vec::new()
+        } else {
+            (0..b * kh)
+                .into_par_iter()
+                .map(|i| {
+                    let (bi, ki) = (i / kh, i % kh);
+                    // SAFETY: r < S and ki < K are inside the layouts checked by `dims`.
+                    let row = |x: Heads| move |r: usize| unsafe { std::slice::from_raw_parts(x.at(bi, r, ki), d) };
+                    PackedKv::new(row(k), row(v), s, d)
+                })
+                .collect()
+        };
         let rep = h / kh;
         let (scale, offset) = (self.scale, self.offset);
         let starts = self.starts.as_deref().map(|v| v.as_slice());
@@ -439,23 +398,38 @@ impl CustomOp3 for CausalAttention {
             let (bi, hi) = (bh / h, bh % h);
             let ki = hi / rep;
             let op = op;
-            let mut p = vec![0f32; ROW_BLOCK.min(t) * s];
+            let mut p = vec![0f32; ROW_BLOCK.min(t) * s.next_multiple_of(2)];
+            let (mut qb, mut pb) = (Vec::new(), Vec::new());
             for t0 in (0..t).step_by(ROW_BLOCK) {
                 let t1 = (t0 + ROW_BLOCK).min(t);
                 let (rows, nk) = (t1 - t0, keys_for(t1, offset, s));
-                let p = &mut p[..rows * nk];
+                let st = starts.map(|v| &v[bi * t + t0..bi * t + t1]);
                 // SAFETY: row and head indices are inside the layouts checked by `dims`; this
-                // task alone writes rows [t0, t1) of head hi of batch bi of `out`.
+                // task alone writes rows [t0, t1) of head hi of batch bi of `out`; with bf16
+                // products the CPU has AVX512-BF16 (checked when `products` was chosen).
                 unsafe {
-                    let st = starts.map(|v| &v[bi * t + t0..bi * t + t1]);
+                    let o = op.0.add((bi * t + t0) * h * d + hi * d);
                     if rows <= FEW_ROWS {
-                        let o = op.0.add((bi * t + t0) * h * d + hi * d);
-                        few_rows_attention(q.at(bi, t0, hi), q.sr, k.at(bi, 0, ki), k.sr, v.at(bi, 0, ki), v.sr, rows, nk, d, t0, offset, st, scale, p, o, h * d);
+                        few_rows_attention(q.at(bi, t0, hi), q.sr, k.at(bi, 0, ki), k.sr, v.at(bi, 0, ki), v.sr, rows, nk, d, t0, offset, st, scale, &mut p[..rows * nk], o, h * d);
                         continue;
                     }
-                    probabilities(blas, q.at(bi, t0, hi), q.sr, k.at(bi, 0, ki), k.sr, rows, nk, d, t0, offset, st, scale, p);
-                    let o = op.0.add((bi * t + t0) * h * d + hi * d);
-                    blas.sgemm(false, false, (rows, d, nk), 1.0, (p.as_ptr(), nk), (v.at(bi, 0, ki), v.sr), 0.0, (o, h * d));
+                    match blas {
+                        Some(blas) => {
+                            let p = &mut p[..rows * nk];
+                            probabilities(blas, q.at(bi, t0, hi), q.sr, k.at(bi, 0, ki), k.sr, rows, nk, d, t0, offset, st, scale, p);
+                            blas.sgemm(false, false, (rows, d, nk), 1.0, (p.as_ptr(), nk), (v.at(bi, 0, ki), v.sr), 0.0, (o, h * d));
+                        }
+                        None => {
+                            // Rows of an even length, the padding zero, as the packed GEMM
+                            // takes K in pairs.
+                            let kv = &packed[bi * kh + ki];
+                            let ld = nk.next_multiple_of(2);
+                            let p = &mut p[..rows * ld];
+                            kv.scores(q.at(bi, t0, hi), q.sr, rows, nk, p, ld, &mut qb);
+                            causal_softmax(p, ld, nk, t0, offset, st, scale);
+                            kv.output(p, rows, ld, o, h * d, &mut pb);
+                        }
+                    }
                 }
             }
         });
