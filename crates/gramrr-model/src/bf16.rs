@@ -447,6 +447,7 @@ mod gemm_tile {
         pack_rows_scalar(&row, m, k, xp)
     }
 
+    /// The portable [`pack_rows`], and the oracle its vector form is tested against.
     pub fn pack_rows_scalar<'a>(row: &impl Fn(usize) -> &'a [f32], m: usize, k: usize, xp: &mut [u32]) {
         let kp = k.div_ceil(2);
         for r in 0..m {
