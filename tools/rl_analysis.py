@@ -55,22 +55,31 @@ def question_of(prompt):
     return p[2:].strip() if p.startswith("Q:") else p
 
 
+def parse_question(question):
+    """`63-15?` -> (63, '-', 15, 48), as domain.rs's Problem::parse and answer; None where it
+    does not parse or the answer would be negative (the domain asks a-b with a > b only; Rust's
+    u32 would not get there either)."""
+    if not question.endswith("?"):
+        return None
+    q = question[:-1]
+    # The operator is the first '+' or '-' after the first character (Problem::parse).
+    i = next((k for k, c in enumerate(q) if k > 0 and c in "+-"), None)
+    if i is None or not U32.fullmatch(q[:i]) or not U32.fullmatch(q[i + 1:]):
+        return None
+    a, op, b = int(q[:i]), q[i], int(q[i + 1:])
+    c = a + b if op == "+" else a - b
+    return None if c < 0 else (a, op, b, c)
+
+
 def computation_correct(question, text):
     """Port of domain.rs: the text's worked steps after <think> are exactly the right ones.
 
     `63-15?` wants `<think>36-51=84 so 48.` (operands and result written in reversed digits).
     """
-    if not question.endswith("?"):
+    parsed = parse_question(question)
+    if parsed is None:
         return False
-    q = question[:-1]
-    # The operator is the first '+' or '-' after the first character (Problem::parse).
-    i = next((k for k, c in enumerate(q) if k > 0 and c in "+-"), None)
-    if i is None or not U32.fullmatch(q[:i]) or not U32.fullmatch(q[i + 1:]):
-        return False
-    a, op, b = int(q[:i]), q[i], int(q[i + 1:])
-    c = a + b if op == "+" else a - b
-    if c < 0:
-        return False  # the domain asks a-b with a > b only; Rust's u32 would not get here either
+    a, op, b, c = parsed
     start = text.find(THINK)
     if start < 0:
         return False
@@ -211,13 +220,12 @@ def sums(pairs, verdicts_path):
     n = right = wrong = copied = 0
     for v in read_jsonl(verdicts_path):
         p = by_id[v["id"]]
+        answer = parse_question(p["prompt"])[3]
+        shown = {stated_value(p["response_a"]), stated_value(p["response_b"])}
         for j in v.get("judgments", []):
             m = RESULT.search(j.get("rationale", ""))
             if not m:
                 continue
-            a, op, b = re.match(r"(\d+)([+-])(\d+)\?", p["prompt"]).groups()
-            answer = int(a) + int(b) if op == "+" else int(a) - int(b)
-            shown = {stated_value(p["response_a"]), stated_value(p["response_b"])}
             c = int(m.group(1))
             n += 1
             right += c == answer

@@ -319,6 +319,7 @@ impl Engine {
         Ok(out)
     }
 
+    /// Teacher-forced log-probabilities of `completion` ids after `prompt` ids.
     pub fn score_ids(&self, items: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<ScoreOutput>> {
         for (i, (p, _)) in items.iter().enumerate() {
             if p.is_empty() {

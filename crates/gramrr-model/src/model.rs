@@ -538,9 +538,9 @@ impl Attention {
             None => k,
         };
         let scale = 1.0 / (d as f64).sqrt();
-        // A bf16 model computes attention's products in bf16 too, as torch does, and so does a
-        // quantized one where its many-row products run in bf16 (inference only).
-        let products = if !ctx.train && self.q_proj.quant.as_ref().is_some_and(|w| w.is_bf16() || crate::qlinear::prefill_in_bf16()) {
+        // Where the projections' many-row products run in bf16 (a bf16 model, as torch does; a
+        // quantized one's prefill), so do attention's (inference only).
+        let products = if !ctx.train && self.q_proj.quant.as_ref().is_some_and(|w| w.many_rows_in_bf16()) {
             crate::attention::Products::Bf16
         } else {
             crate::attention::Products::F32

@@ -127,9 +127,15 @@ impl QuantLinear {
         Self::with_slices(QTensor::quantize(&w.to_dtype(DType::F32)?.contiguous()?, GgmlDType::BF16)?, 1)
     }
 
-    /// Whether the weight is held as bf16 (`--dtype bf16`), not quantized.
-    pub fn is_bf16(&self) -> bool {
-        self.dtype == GgmlDType::BF16
+    /// Whether this weight's many-row products (scoring, prompts) run on the bf16 GEMM: a
+    /// bf16 weight on AVX512-BF16, or a quantized one dequantized into it. Attention then
+    /// computes its products in bf16 too.
+    pub fn many_rows_in_bf16(&self) -> bool {
+        match self.path(DENSE_MIN_ROWS, true) {
+            Path::Bf16(isa) => isa == crate::bf16::Isa::Avx512Bf16,
+            Path::Dense => prefill_in_bf16(),
+            _ => false,
+        }
     }
 
     /// Cuts `q` (N, K) into one slice per rayon thread.
