@@ -16,6 +16,10 @@ step: reward_mean, ...). For each seed it prints a Markdown table with one row p
 - gold accuracy of the samples and the proxy reward in the first and last quarter of the steps
   (quarters as the act's report.md cuts them): a proxy that rises while gold falls is
   over-optimisation;
+- with --solve-first, the same pairs judged with a worked result written into the RM's rationale
+  before it goes on: the backbone's (worked out from the bare question, no answers shown), so
+  the verdicts are measured apart from the RM's own arithmetic; and how often the RM itself works
+  the bare question out right;
 - with --judge, the RM's pairwise accuracy on right-vs-wrong pairs drawn from the samples
   (`gramrr judge` with the act's judging settings: compact template, reasoning mode, greedy,
   72-token rationales, one order per pair), how often the result the RM works out in its
@@ -234,6 +238,45 @@ def sums(pairs, verdicts_path):
     return n, right, wrong, copied
 
 
+def generate(gramrr, model, prompts, tmp, tag, max_new_tokens):
+    """Greedy `gramrr generate` of raw prompts; the texts in order."""
+    inp, outp = (os.path.join(tmp, f"{tag}.{x}") for x in ("gen-in.jsonl", "gen-out.jsonl"))
+    with open(inp, "w") as f:
+        for p in prompts:
+            f.write(json.dumps({"prompt": p}) + "\n")
+    subprocess.run([gramrr, "generate", "--model", model, "--input", inp, "--output", outp, "--batch-size", "256",
+                    "--max-new-tokens", str(max_new_tokens)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return [r["text"] for r in read_jsonl(outp)]
+
+
+def judge_prompt(p):
+    """The compact judge template (JudgeTemplate::compact), responses in the pair's order."""
+    return f"A: {p['response_a']}\nB: {p['response_b']}\nQ: {p['prompt']} "
+
+
+WORKED = re.compile(r"<think>[^<]*? so \d+\.")
+VERDICT = re.compile(r"<answer>([AB])</answer>")
+
+
+def solve_first(gramrr, out, stage, pairs, tmp, tag):
+    """(pairs judged right with the backbone's worked result written in, the backbone's results
+    right, the RM's own results right on the bare question). The backbone answers `Q: 63-15? `
+    as in its pretraining text; its `<think>WORK so RESULT.` starts the RM's rationale, and the RM
+    writes the rest (verdicts, label) greedily, as the act judges."""
+    backbone, rm = (os.path.join(out, "run", s, "model") for s in ("backbone", stage))
+    bare = [f"Q: {p['prompt']} " for p in pairs]
+    answers = [parse_question(p["prompt"])[3] for p in pairs]
+
+    def results_right(texts):
+        return 100.0 * sum(1 for t, c in zip(texts, answers) if (m := RESULT.search(t)) and int(m.group(1)) == c) / len(pairs)
+
+    worked = [(m.group(0) if (m := WORKED.search(t)) else THINK) for t in generate(gramrr, backbone, bare, tmp, tag + ".backbone", 24)]
+    own = results_right(generate(gramrr, rm, bare, tmp, tag + ".own", 24))
+    rest = generate(gramrr, rm, [judge_prompt(p) + w for p, w in zip(pairs, worked)], tmp, tag + ".rest", 72)
+    right = sum(1 for p, w, r in zip(pairs, worked, rest) if (m := VERDICT.search(w + r)) and m.group(1) == p["label"])
+    return 100.0 * right / len(pairs), results_right(worked), own
+
+
 def stated_value(answer):
     digits = "".join(ch for ch in answer if ch.isdigit())
     return int(digits) if digits else None
@@ -252,6 +295,9 @@ def main():
     ap.add_argument("--both-orders", action="store_true",
                     help="with --judge: judge the same pairs again in both orders (a tie where they disagree), "
                          "to see whether position-swapped judging would make a better reward")
+    ap.add_argument("--solve-first", action="store_true",
+                    help="with --judge: the same pairs judged with the backbone's worked result written into the RM's "
+                         "rationale (its verdicts apart from its arithmetic), and the RM's own result on the bare question")
     ap.add_argument("--pairs", type=int, default=300, help="most pairs judged per run [default: 300]")
     ap.add_argument("--seed", type=int, default=0, help="seed of the pair draw [default: 0]")
     args = ap.parse_args()
@@ -268,6 +314,8 @@ def main():
             head += " RM on right-vs-wrong pairs (n) | RM's own result right | wrong results equal to a shown answer |"
             if args.both_orders:
                 head += " same pairs, both orders: right + ties → right + ties/2 |"
+            if args.solve_first:
+                head += " same pairs, the backbone's worked result written in (its results right) | RM's own result on the bare question |"
         print(head)
         print("|" + "---|" * head.count(" |"))
         for slug, stage in RUNS:
@@ -289,7 +337,7 @@ def main():
             checked += rust is not None
             if args.judge:
                 if stage is None:
-                    row += " — | — | — |"
+                    row += " — | — | — |" + " — |" * args.both_orders + " — | — |" * args.solve_first
                 else:
                     pairs = judge_pairs(a["groups"], args.pairs, args.seed)
                     with tempfile.TemporaryDirectory() as tmp:
@@ -300,6 +348,9 @@ def main():
                         if args.both_orders:
                             acc2, _, _, ties = run_judge(args.gramrr, os.path.join(out, "run", stage, "model"), pairs, tmp, slug + ".both", True)
                             row += f" {acc2:.1f}% + {ties:.1f}% ties → {acc2 + ties / 2:.1f}% |"
+                        if args.solve_first:
+                            acc3, backbone_right, own = solve_first(args.gramrr, out, stage, pairs, tmp, slug + ".solve")
+                            row += f" {acc3:.1f}% ({backbone_right:.1f}%) | {own:.1f}% |"
             print(row)
         print()
     if mismatched:

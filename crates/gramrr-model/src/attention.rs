@@ -224,6 +224,8 @@ unsafe fn few_rows_attention_with(q: *const f32, q_rs: usize, k: *const f32, k_r
         let o = std::slice::from_raw_parts_mut(out.add(i * o_rs), d);
         // The common head sizes as constants, so that the output row stays in registers.
         match d {
+            16 => attend_row::<16>(qi, k, k_rs, v, v_rs, first, valid, scale, row, o, &dot),
+            32 => attend_row::<32>(qi, k, k_rs, v, v_rs, first, valid, scale, row, o, &dot),
             64 => attend_row::<64>(qi, k, k_rs, v, v_rs, first, valid, scale, row, o, &dot),
             128 => attend_row::<128>(qi, k, k_rs, v, v_rs, first, valid, scale, row, o, &dot),
             _ => attend_row::<0>(qi, k, k_rs, v, v_rs, first, valid, scale, row, o, &dot),
@@ -642,8 +644,8 @@ mod tests {
             return;
         }
         let dev = Device::Cpu;
-        // 40: the general path; 64 and 128: the sizes with their own constant-size loops.
-        for &(t, s, d) in &[(1usize, 1usize, 40usize), (1, 37, 40), (4, 4, 40), (4, 41, 40), (1, 37, 64), (3, 50, 128)] {
+        // 40: the general path; 16, 32, 64 and 128: the sizes with their own constant-size loops.
+        for &(t, s, d) in &[(1usize, 1usize, 40usize), (1, 37, 40), (4, 4, 40), (4, 41, 40), (2, 23, 16), (1, 37, 32), (1, 37, 64), (3, 50, 128)] {
             let q = Tensor::randn(0f32, 1.0, (2, t, 6, d), &dev).unwrap();
             let k = Tensor::randn(0f32, 1.0, (2, s, 2, d), &dev).unwrap();
             let v = Tensor::randn(0f32, 1.0, (2, s, 2, d), &dev).unwrap();

@@ -137,6 +137,10 @@ fn main() -> anyhow::Result<()> {
     for (tag, data) in [("control", base.clone()), ("self-training", [base.clone(), extra].concat())] {
         let t = Instant::now();
         let (dec2, rep) = train_sft(dec.clone(), &tok, &data, &sft(s1, lr * 2.0 / 3.0, batch, workers, seed + 2), None, &mut Silent)?;
+        // SAVE=DIR: each phase-2 model as an HF checkpoint under DIR/<tag>.
+        if let Ok(save) = std::env::var("SAVE") {
+            gramrr_train::checkpoint::save_hf_checkpoint(&dec2, &Path::new(&save).join(tag), Some(dir), None)?;
+        }
         let engine = Engine::from_parts(dec2, TextTokenizer::from_dir(dir)?, dir.to_path_buf(), &opts)?;
         report(&format!("  {tag} (+{s1} steps, {} examples, noise {noise})", data.len()), &engine, &f, &d, rep.final_loss.unwrap_or(f32::NAN), t.elapsed().as_secs_f64())?;
     }
@@ -177,7 +181,9 @@ fn rationale_text(work: &str, c: u32, va: u32, vb: u32, label: Label) -> String 
 /// own for the canonical form, found by text for the digit-wise one (which the format does not parse).
 fn probe_examples(tok: &TextTokenizer, f: &CompactFormat, pairs: &[PreferencePair], w: f32) -> anyhow::Result<Vec<gramrr_train::SftExample>> {
     use gramrr_pipeline::PairFormat;
-    if !digits() {
+    // WORK=x: the worked steps and the result (`<think>36-51=84 so 48.`) weighted x.
+    let work_w: Option<f32> = std::env::var("WORK").ok().and_then(|s| s.parse().ok());
+    if !digits() && work_w.is_none() {
         return Ok(gramrr_pipeline::data::rm_examples(tok, f, pairs, w)?);
     }
     pairs
@@ -186,6 +192,12 @@ fn probe_examples(tok: &TextTokenizer, f: &CompactFormat, pairs: &[PreferencePai
             let z = p.rationale.as_deref().unwrap();
             let mut segs = vec![];
             let mut rest = z;
+            if let Some(x) = work_w {
+                let i = rest.find(". A ").unwrap() + 1;
+                segs.push(gramrr_train::Segment { text: THINK.to_string(), weight: 1.0 });
+                segs.push(gramrr_train::Segment { text: rest[THINK.len()..i].to_string(), weight: x });
+                rest = &rest[i..];
+            }
             loop {
                 let hit = [" yes.", " no."].iter().filter_map(|k| rest.find(k).map(|i| (i, k.len()))).min();
                 let Some((i, k)) = hit else { break };

@@ -135,7 +135,13 @@ impl DemoConfig {
                 // keeps the compute-matched control honest.
                 DomainSizes { seed: 200, labeled: 1000, unlabeled: 4000, test: 1000, pretrain: 51_200 },
                 // demo-notes: this shape computes 2-digit sums after ~800 steps of batch 64.
-                Backbone { hidden: 128, intermediate: 384, layers: 4, heads: 4, kv_heads: 4 },
+                // Eight heads of 16, not four of 32 (the same weights and matmuls): with four,
+                // the reward models lost the backbone's arithmetic as they learned their
+                // verdicts — given the backbone's own worked result they judged the policy's
+                // pairs 83–99% right, left to their own 65–90% (2026-12-06, BENCHMARKS.md
+                // "Demo: what the numbers say"); with eight they keep more of it, on every seed
+                // run since. The paper's backbones have 24–32 heads.
+                Backbone { hidden: 128, intermediate: 384, layers: 4, heads: 8, kv_heads: 8 },
                 // pretrain, prover, rm, baseline, self-training per iteration, final
                 [800, 100, 350, 200, 200, 30],
             ),
