@@ -3,7 +3,8 @@
 //! S steps and reports test accuracy with the rationale's steps checked one by one.
 //! usage: rm_probe BACKBONE_DIR N STEPS LR [M S1 NOISE]   (env SEED, WORKERS; REPLAY=K mixes K
 //! pretraining documents into every phase; VERDICT=digits writes each verdict digit by digit;
-//! SHOW prints four test rationales)
+//! SHOW prints four test rationales; WORK=x weights the worked steps and result x in the loss;
+//! SAVE=DIR writes each phase-2 model under DIR)
 use std::path::Path;
 use std::time::Instant;
 
