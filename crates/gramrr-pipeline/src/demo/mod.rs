@@ -138,9 +138,10 @@ impl DemoConfig {
                 // Eight heads of 16, not four of 32 (the same weights and matmuls): with four,
                 // the reward models lost the backbone's arithmetic as they learned their
                 // verdicts — given the backbone's own worked result they judged the policy's
-                // pairs 83–99% right, left to their own 65–90% (2026-12-06, BENCHMARKS.md
-                // "Demo: what the numbers say"); with eight they keep more of it, on every seed
-                // run since. The paper's backbones have 24–32 heads.
+                // pairs 83–99% right on six seeds of seven, left to their own 65–90%; with eight
+                // they kept more of it on five seeds of six, and the RL act's targets held on
+                // those five (BENCHMARKS.md, "Demo: what the numbers say", 2026-12-06). The
+                // paper's backbones have 24–32 heads.
                 Backbone { hidden: 128, intermediate: 384, layers: 4, heads: 8, kv_heads: 8 },
                 // pretrain, prover, rm, baseline, self-training per iteration, final
                 [800, 100, 350, 200, 200, 30],
