@@ -139,9 +139,10 @@ impl DemoConfig {
                 // the reward models lost the backbone's arithmetic as they learned their
                 // verdicts — given the backbone's own worked result they judged the policy's
                 // pairs 83–99% right on six seeds of seven, left to their own 65–90%; with eight
-                // they kept more of it on five seeds of six, and the RL act's targets held on
-                // those five (BENCHMARKS.md, "Demo: what the numbers say", 2026-12-06). The
-                // paper's backbones have 24–32 heads.
+                // the self-trained RMs are better on every seed run and the RL act's targets
+                // hold on five seeds of seven, against two of the same seven (BENCHMARKS.md,
+                // "Demo: what the numbers say", 2026-12-06). The paper's backbones have 24–32
+                // heads.
                 Backbone { hidden: 128, intermediate: 384, layers: 4, heads: 8, kv_heads: 8 },
                 // pretrain, prover, rm, baseline, self-training per iteration, final
                 [800, 100, 350, 200, 200, 30],
