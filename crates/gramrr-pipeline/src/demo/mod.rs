@@ -140,7 +140,7 @@ impl DemoConfig {
                 // verdicts — given the backbone's own worked result they judged the policy's
                 // pairs 83–99% right on six seeds of seven, left to their own 65–90%; with eight
                 // the self-trained RMs are better on every seed run and the RL act's targets
-                // hold on five seeds of seven, against two of the same seven (BENCHMARKS.md,
+                // hold on five seeds of seven, against two of the six run with four (BENCHMARKS.md,
                 // "Demo: what the numbers say", 2026-12-06). The paper's backbones have 24–32
                 // heads.
                 Backbone { hidden: 128, intermediate: 384, layers: 4, heads: 8, kv_heads: 8 },
