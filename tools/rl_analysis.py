@@ -102,6 +102,12 @@ def stated_answer(text):
     return text[:40]
 
 
+def write_jsonl(path, records):
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -196,9 +202,7 @@ def judge_pairs(groups, limit, seed):
 
 def run_judge(gramrr, model, pairs, tmp, tag, both_orders=False):
     inp, outp, summ = (os.path.join(tmp, f"{tag}.{x}") for x in ("pairs.jsonl", "verdicts.jsonl", "summary.json"))
-    with open(inp, "w") as f:
-        for p in pairs:
-            f.write(json.dumps(p) + "\n")
+    write_jsonl(inp, pairs)
     cmd = [gramrr, "judge", "--model", model, "--input", inp, "--output", outp, "--summary", summ,
            "--template", "compact", "--mode", "reason", "--max-new-tokens", "72"] + ([] if both_orders else ["--one-order"])
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -241,9 +245,7 @@ def sums(pairs, verdicts_path):
 def generate(gramrr, model, prompts, tmp, tag, max_new_tokens):
     """Greedy `gramrr generate` of raw prompts; the texts in order."""
     inp, outp = (os.path.join(tmp, f"{tag}.{x}") for x in ("gen-in.jsonl", "gen-out.jsonl"))
-    with open(inp, "w") as f:
-        for p in prompts:
-            f.write(json.dumps({"prompt": p}) + "\n")
+    write_jsonl(inp, ({"prompt": p} for p in prompts))
     subprocess.run([gramrr, "generate", "--model", model, "--input", inp, "--output", outp, "--batch-size", "256",
                     "--max-new-tokens", str(max_new_tokens)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return [r["text"] for r in read_jsonl(outp)]
@@ -254,7 +256,6 @@ def judge_prompt(p):
     return f"A: {p['response_a']}\nB: {p['response_b']}\nQ: {p['prompt']} "
 
 
-WORKED = re.compile(r"<think>[^<]*? so \d+\.")
 VERDICT = re.compile(r"<answer>([AB])</answer>")
 
 
@@ -270,7 +271,7 @@ def solve_first(gramrr, out, stage, pairs, tmp, tag):
     def results_right(texts):
         return 100.0 * sum(1 for t, c in zip(texts, answers) if (m := RESULT.search(t)) and int(m.group(1)) == c) / len(pairs)
 
-    worked = [(m.group(0) if (m := WORKED.search(t)) else THINK) for t in generate(gramrr, backbone, bare, tmp, tag + ".backbone", 24)]
+    worked = [(m.group(0) if (m := RESULT.search(t)) else THINK) for t in generate(gramrr, backbone, bare, tmp, tag + ".backbone", 24)]
     own = results_right(generate(gramrr, rm, bare, tmp, tag + ".own", 24))
     rest = generate(gramrr, rm, [judge_prompt(p) + w for p, w in zip(pairs, worked)], tmp, tag + ".rest", 72)
     right = sum(1 for p, w, r in zip(pairs, worked, rest) if (m := VERDICT.search(w + r)) and m.group(1) == p["label"])
