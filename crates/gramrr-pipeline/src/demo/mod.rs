@@ -187,13 +187,16 @@ impl DemoConfig {
                 chunk: 160,
                 train: tc(steps[4], 1e-3, bs, 0.1),
             },
-            // The paper's last stage fine-tunes on the human rationales for 1–2 epochs (GRAM's
-            // reference recipe); 30 steps of 32 were ~5 epochs of the 200 seed rationales here,
-            // and cost 3–4 points of test accuracy on every seed. Two epochs still cost 2–6:
-            // the self-trained RM already fits these rationales (first loss ~0.002), so AdamW
-            // turns near-zero gradients into full-size steps (BENCHMARKS.md, "Demo: what the
-            // numbers say").
-            final_tune: TrainConfig { steps: None, epochs: 2.0, ..tc(steps[5], 5e-4, bs / 2, 0.1) },
+            // The paper's last stage fine-tunes on the human rationales for 1–2 epochs at GRAM's
+            // reference rate, 1e-5..2e-5: about 1/20 of its backbones' pretraining rate, so here
+            // 1.5e-4 (pretraining: 3e-3). The self-trained RM already fits these rationales
+            // (first loss ~0.002), and AdamW turns near-zero gradients into steps of the full
+            // rate: at 5e-4 (1/6) the loss on the very rationales it trained on rose tenfold and
+            // the stage cost 1.7–5.4 points of test accuracy on every seed and the arithmetic
+            // the RM rewards a policy with; at the paper's ratio it moves test accuracy by
+            // −0.6..+1.5
+            // (BENCHMARKS.md, "Demo: what the numbers say", fifth session of 2026-12-06).
+            final_tune: TrainConfig { steps: None, epochs: 2.0, ..tc(steps[5], 1.5e-4, bs / 2, 0.1) },
             synthesis: SynthesisConfig { k: 4, temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 72, chunk: 128 },
             engine: EngineConfig { device: "cpu".into(), dtype: "f32".into(), batch_size: 512, max_batch_tokens: 65_536, workers: DEMO_WORKERS, ..EngineConfig::default() },
             max_chars: 160,
