@@ -194,8 +194,8 @@ impl DemoConfig {
             // rate: at 5e-4 (1/6) the loss on the very rationales it trained on rose tenfold and
             // the stage cost 1.7–5.4 points of test accuracy on every seed and the arithmetic
             // the RM rewards a policy with; at the paper's ratio it moves test accuracy by
-            // −0.6..+1.5
-            // (BENCHMARKS.md, "Demo: what the numbers say", fifth session of 2026-12-06).
+            // −0.6..+1.5 (BENCHMARKS.md, "Demo: what the numbers say", fifth session of
+            // 2026-12-06).
             final_tune: TrainConfig { steps: None, epochs: 2.0, ..tc(steps[5], 1.5e-4, bs / 2, 0.1) },
             synthesis: SynthesisConfig { k: 4, temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 72, chunk: 128 },
             engine: EngineConfig { device: "cpu".into(), dtype: "f32".into(), batch_size: 512, max_batch_tokens: 65_536, workers: DEMO_WORKERS, ..EngineConfig::default() },
