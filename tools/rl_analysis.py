@@ -3,6 +3,7 @@
 
     python3 tools/rl_analysis.py OUT [OUT ...]            # from samples.jsonl and metrics.jsonl
     python3 tools/rl_analysis.py OUT ... --judge           # also the RMs' pairwise accuracy (runs gramrr judge)
+    python3 tools/rl_analysis.py OUT ... --judge --gram-stage iter3/rm   # the same pairs, another stage's RM
 
 OUT is a `gramrr demo --rl` output directory. Each GRPO run of the act, OUT/rl/<reward>/, holds
 samples.jsonl (every sampled response: step, prompt_id, response, reward) and metrics.jsonl (per
@@ -299,6 +300,9 @@ def main():
     ap.add_argument("--solve-first", action="store_true",
                     help="with --judge: the same pairs judged with the backbone's worked result written into the RM's "
                          "rationale (its verdicts apart from its arithmetic), and the RM's own result on the bare question")
+    ap.add_argument("--gram-stage", default="final",
+                    help="with --judge: the stage whose model judges the GRAM-R² run's pairs, e.g. iter3/rm for the "
+                         "self-trained RM before the final fine-tune [default: final, the act's reward]")
     ap.add_argument("--pairs", type=int, default=300, help="most pairs judged per run [default: 300]")
     ap.add_argument("--seed", type=int, default=0, help="seed of the pair draw [default: 0]")
     args = ap.parse_args()
@@ -320,6 +324,8 @@ def main():
         print(head)
         print("|" + "---|" * head.count(" |"))
         for slug, stage in RUNS:
+            if slug == "gram-rr":
+                stage = args.gram_stage
             run_dir = os.path.join(out, "rl", slug)
             if not os.path.exists(os.path.join(run_dir, "samples.jsonl")):
                 continue
@@ -360,7 +366,8 @@ def main():
     print(f"Gold flags checked against the act's own per-step gold accuracy (report.json) in {checked} runs: identical.")
     if args.judge:
         print(f"RM pairwise accuracy: at most {args.pairs} pairs per run, one per group with a right and a wrong sample "
-              f"that state different answers (seed {args.seed}), the stated answers judged by the run's own RM "
+              f"that state different answers (seed {args.seed}), the stated answers judged by the run's own RM"
+              f"{'' if args.gram_stage == 'final' else f' (GRAM-R²: run/{args.gram_stage}/model)'} "
               "(`gramrr judge --template compact --mode reason --one-order --max-new-tokens 72`); unparsed verdicts count as wrong.")
 
 
