@@ -596,7 +596,8 @@ mod tests {
     }
 
     /// bf16 products: the attention of Q, K and V rounded to bf16, within the rounding of the
-    /// probabilities (each off by at most 2⁻⁹ relative, so the output by 2⁻⁹·max|v|), and not
+    /// probabilities (each off by at most bf16's unit roundoff, 2⁻⁸ relative: 8 significant
+    /// bits, round to nearest; so the output by 2⁻⁸·max|v|), and not
     /// the f32 result; with two row blocks, an odd key count, cache offsets, more keys than
     /// one of the GEMM's K blocks holds (1536) and documents.
     #[test]
@@ -614,7 +615,9 @@ mod tests {
             let ours = causal_attention_with(&q, &k, &v, 0.125, None, Products::Bf16).unwrap();
             let want = reference(&round(&q), &round(&k), &round(&v), 0.125);
             let vmax = v.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-            let bound = vmax * 2f32.powi(-9) + 1e-5;
+            // 2⁻⁹ here was half the worst case, and these unseeded inputs once exceeded it
+            // (0.0077 against 0.0066 at t = s = 9, d = 128).
+            let bound = vmax * 2f32.powi(-8) + 1e-5;
             let diff = max_diff(&ours, &want);
             assert!(diff <= bound, "t={t} s={s} d={d}: {diff} from the bf16-input attention (bound {bound})");
             let from_f32 = max_diff(&ours, &causal_attention(&q, &k, &v, 0.125).unwrap());
