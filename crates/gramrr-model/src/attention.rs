@@ -263,7 +263,7 @@ unsafe fn attend_row<const D: usize>(q: &[f32], k: *const f32, k_rs: usize, v: *
 /// sum of the lanes is a serial chain the compiler must keep, and profiles showed it as much
 /// of decoding's attention.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let body = a.len() / LANES * LANES;
     let mut acc = [0f32; LANES];
     for (x, y) in a[..body].chunks_exact(LANES).zip(b[..body].chunks_exact(LANES)) {

@@ -8,6 +8,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::attention::dot;
+
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: expected f32") };
     match l.contiguous_offsets() {
@@ -30,6 +32,64 @@ pub struct RmsNormOp {
     pub eps: f32,
 }
 
+/// 1/√(mean(x²) + eps) of one row.
+#[inline(always)]
+fn rms_inv(x: &[f32], eps: f32) -> f32 {
+    1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt()
+}
+
+#[inline(always)]
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (o, x) in out.chunks_exact_mut(w.len()).zip(x.chunks_exact(w.len())) {
+        let inv = rms_inv(x, eps);
+        for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+            *o = x * inv * w;
+        }
+    }
+}
+
+/// dx of each row into `dx`, and Σ over the rows of g·x̂ (their part of the weight's
+/// gradient) added into `dw` where the weight trains.
+#[inline(always)]
+fn rms_norm_bwd_rows(x: &[f32], g: &[f32], w: &[f32], eps: f32, dx: &mut [f32], mut dw: Option<&mut [f32]>) {
+    let c = w.len();
+    for ((d, x), g) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(g.chunks_exact(c)) {
+        let inv = rms_inv(x, eps);
+        // dx = inv · (g·w − x̂ · mean(g·w·x̂)), with g·w staged in dx.
+        for ((d, &g), &w) in d.iter_mut().zip(g).zip(w) {
+            *d = g * w;
+        }
+        let mean = dot(d, x) * inv / c as f32;
+        for (d, &x) in d.iter_mut().zip(x) {
+            *d = inv * (*d - x * inv * mean);
+        }
+        if let Some(dw) = dw.as_deref_mut() {
+            for ((a, &g), &x) in dw.iter_mut().zip(g).zip(x) {
+                *a += g * x * inv;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rms_norm_rows_avx512(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    rms_norm_rows(x, w, eps, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rms_norm_bwd_rows_avx512(x: &[f32], g: &[f32], w: &[f32], eps: f32, dx: &mut [f32], dw: Option<&mut [f32]>) {
+    rms_norm_bwd_rows(x, g, w, eps, dx, dw)
+}
+
+/// Rows per rayon task for rows of `c` values. The backward also sums the weight's gradient
+/// per block of this many rows and then adds the blocks in order: a fixed block (rather than
+/// rayon's split) keeps that sum, and so the trained weights, the same on any thread count.
+fn rms_block_rows(c: usize) -> usize {
+    (PAR_MIN / c.max(1)).max(1)
+}
+
 impl CustomOp2 for RmsNormOp {
     fn name(&self) -> &'static str {
         "gramrr-rms-norm"
@@ -39,26 +99,27 @@ impl CustomOp2 for RmsNormOp {
         let w = f32_slice(ws, wl, "rms_norm w")?;
         let c = w.len();
         let mut out = vec![0f32; x.len()];
-        let eps = self.eps;
-        rows_mut(&mut out, c).enumerate().for_each(|(r, o)| {
-            let xr = &x[r * c..(r + 1) * c];
-            let ms = xr.iter().map(|v| v * v).sum::<f32>() / c as f32;
-            let inv = 1.0 / (ms + eps).sqrt();
-            for i in 0..c {
-                o[i] = xr[i] * inv * w[i];
+        let (eps, avx, block) = (self.eps, has_avx512(), rms_block_rows(c) * c);
+        out.par_chunks_mut(block).zip(x.par_chunks(block)).for_each(|(o, x)| {
+            #[cfg(target_arch = "x86_64")]
+            if avx {
+                // SAFETY: the CPU has AVX-512F (checked above).
+                return unsafe { rms_norm_rows_avx512(x, w, eps, o) };
             }
+            let _ = avx;
+            rms_norm_rows(x, w, eps, o)
         });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let c = w.dim(0)?;
-        // One pass gives dx and the per-row contributions g·x̂ to dw, side by side.
-        let both = x.contiguous()?.apply_op2_no_bwd(&g.contiguous()?, &RmsNormBwd { eps: self.eps, w: w.clone() })?;
-        let both = both.reshape(((), 2 * c))?;
-        let dx = both.narrow(1, 0, c)?.reshape(x.shape())?;
         // A frozen norm weight must get no gradient at all: candle would keep whatever we
         // return, and the LoRA path promises no weight gradients.
-        let dw = if w.track_op() { Some(both.narrow(1, c, c)?.sum(0)?) } else { None };
+        let train_w = w.track_op();
+        // One pass gives dx followed by dw (when it trains), in one flat tensor.
+        let both = x.contiguous()?.apply_op2_no_bwd(&g.contiguous()?, &RmsNormBwd { eps: self.eps, w: w.clone(), train_w })?;
+        let n = x.elem_count();
+        let dx = both.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = if train_w { Some(both.narrow(0, n, w.dim(0)?)?) } else { None };
         Ok((Some(dx), dw))
     }
 }
@@ -66,6 +127,7 @@ impl CustomOp2 for RmsNormOp {
 struct RmsNormBwd {
     eps: f32,
     w: Tensor,
+    train_w: bool,
 }
 
 impl CustomOp2 for RmsNormBwd {
@@ -76,30 +138,34 @@ impl CustomOp2 for RmsNormBwd {
         let x = f32_slice(xs, xl, "rms_norm_bwd x")?;
         let g = f32_slice(gs, gl, "rms_norm_bwd g")?;
         let w = self.w.to_vec1::<f32>()?;
+        let w = &w[..];
         let c = w.len();
-        let rows = x.len() / c;
-        let mut out = vec![0f32; rows * 2 * c];
-        let eps = self.eps;
-        rows_mut(&mut out, 2 * c).enumerate().for_each(|(r, o)| {
-            let xr = &x[r * c..(r + 1) * c];
-            let gr = &g[r * c..(r + 1) * c];
-            let ms = xr.iter().map(|v| v * v).sum::<f32>() / c as f32;
-            let inv = 1.0 / (ms + eps).sqrt();
-            // dx = inv · (g·w − x̂ · mean(g·w·x̂))
-            let mut dot = 0f32;
-            for i in 0..c {
-                dot += gr[i] * w[i] * xr[i] * inv;
+        let block = rms_block_rows(c) * c;
+        let blocks = x.len().div_ceil(block);
+        let dw_len = if self.train_w { c } else { 0 };
+        let mut out = vec![0f32; x.len() + dw_len];
+        let mut partial = vec![0f32; if self.train_w { blocks * c } else { 0 }];
+        let (eps, avx) = (self.eps, has_avx512());
+        let (dx, dw) = out.split_at_mut(x.len());
+        let run = |(((d, x), g), p): (((&mut [f32], &[f32]), &[f32]), Option<&mut [f32]>)| {
+            #[cfg(target_arch = "x86_64")]
+            if avx {
+                // SAFETY: the CPU has AVX-512F (checked above).
+                return unsafe { rms_norm_bwd_rows_avx512(x, g, w, eps, d, p) };
             }
-            let mean = dot / c as f32;
-            for i in 0..c {
-                let xhat = xr[i] * inv;
-                o[i] = inv * (gr[i] * w[i] - xhat * mean);
-                o[c + i] = gr[i] * xhat;
+            let _ = avx;
+            rms_norm_bwd_rows(x, g, w, eps, d, p)
+        };
+        let rows = dx.par_chunks_mut(block).zip(x.par_chunks(block)).zip(g.par_chunks(block));
+        if self.train_w {
+            rows.zip(partial.par_chunks_mut(c)).for_each(|(r, p)| run((r, Some(p))));
+            for p in partial.chunks_exact(c) {
+                dw.iter_mut().zip(p).for_each(|(a, &b)| *a += b);
             }
-        });
-        let mut dims = xl.shape().dims().to_vec();
-        *dims.last_mut().expect("rank ≥ 1") = 2 * c;
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        } else {
+            rows.for_each(|r| run((r, None)));
+        }
+        Ok((CpuStorage::F32(out), Shape::from(x.len() + dw_len)))
     }
 }
 
@@ -578,6 +644,35 @@ mod tests {
         let gc = (comp * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         close(gf.get(&g).unwrap(), gc.get(&g).unwrap(), 1e-4);
         close(gf.get(&u).unwrap(), gc.get(&u).unwrap(), 1e-4);
+    }
+
+    /// RMSNorm over many rows: several row blocks and a short last one (the weight's gradient
+    /// is summed per block), a width that is no multiple of 16, and a frozen weight.
+    #[test]
+    fn rms_norm_matches_composition_over_row_blocks() {
+        let dev = Device::Cpu;
+        let (rows, c) = (3 * rms_block_rows(200) + 7, 200);
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, c), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(1f32, 0.2, c, &dev).unwrap()).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (rows, c), &dev).unwrap();
+        let fused = x.as_tensor().apply_op2(w.as_tensor(), RmsNormOp { eps: 1e-6 }).unwrap();
+        let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let comp = x.broadcast_div(&(ms + 1e-6).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&w).unwrap();
+        close(&fused, &comp, 1e-5);
+        let gf = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (comp * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(&x).unwrap(), gc.get(&x).unwrap(), 1e-4);
+        // dw sums ~250 terms of size ~1: f32 rounding of either order stays far below 1e-3.
+        close(gf.get(&w).unwrap(), gc.get(&w).unwrap(), 1e-3);
+
+        let frozen = Tensor::randn(1f32, 0.2, c, &dev).unwrap();
+        let y = x.as_tensor().apply_op2(&frozen, RmsNormOp { eps: 1e-6 }).unwrap();
+        let grads = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&frozen).is_none(), "a frozen norm weight got a gradient");
+        let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let comp = x.broadcast_div(&(ms + 1e-6).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&frozen).unwrap();
+        let gc = (comp * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        close(grads.get(&x).unwrap(), gc.get(&x).unwrap(), 1e-4);
     }
 
     /// Gradients of the fused ops equal those of the candle compositions they replace.
