@@ -72,7 +72,7 @@ def train(g_paths, t_paths, out):
         o = g["options"]
         what = "LoRA r=%d, all linear layers" % o["lora_rank"] if g["mode"] == "lora" else "full fine-tuning"
         if o["seq_len"] != 512:
-            what = f"demo-sized model (hidden 128, 4 layers), seq {o['seq_len']}, batch {o['batch_size']}, {what}, {o.get('workers', 1)} data-parallel workers"
+            what = f"demo-sized model (hidden 128, 4 layers, 8 heads of 16), seq {o['seq_len']}, batch {o['batch_size']}, {what}, {o.get('workers', 1)} data-parallel workers"
         rows.append(
             f"| {what} | {g['tokens_per_sec']:,.0f} tok/s | {t['tokens_per_sec']:,.0f} tok/s | **{g['tokens_per_sec']/t['tokens_per_sec']:.2f}×** | ≥ 1.0× |"
         )

@@ -21,11 +21,11 @@ for cfg in lora full; do
   RAYON_NUM_THREADS=$THREADS ./target/release/examples/bench_train --model "$MODEL" $flags --steps "$STEPS" > "$DIR/train-gramrr-$cfg.json"
   python3 tools/bench_train_torch.py --model "$MODEL" $flags --steps "$STEPS" --threads "$THREADS" > "$DIR/train-torch-$cfg.json"
 done
-# The demo's model size: hidden 128, 4 layers, sequence 90, batch 64, full fine-tuning; gramrr
+# The demo's model shape: hidden 128, 4 layers, 8 heads of 16, sequence 90, batch 64, full fine-tuning; gramrr
 # with two data-parallel workers (what `gramrr demo` uses), torch with its two threads.
-SMALL=$DIR/demo-128x4
+SMALL=$DIR/demo-128x4-h8
 if [ ! -f "$SMALL/model.safetensors" ]; then
-  ./target/release/gramrr init-model --out "$SMALL" --hidden 128 --intermediate 384 --layers 4 --heads 4 --kv-heads 4 --head-dim 32
+  ./target/release/gramrr init-model --out "$SMALL" --hidden 128 --intermediate 384 --layers 4 --heads 8 --kv-heads 8 --head-dim 16
 fi
 ./target/release/examples/bench_train --model "$SMALL" --seq-len 90 --batch-size 64 --steps 10 --warmup 2 --workers "$THREADS" > "$DIR/train-gramrr-small.json"
 python3 tools/bench_train_torch.py --model "$SMALL" --seq-len 90 --batch-size 64 --steps 10 --warmup 2 --threads "$THREADS" > "$DIR/train-torch-small.json"
