@@ -63,8 +63,9 @@ enum Command {
     /// last act puts the reward models to work: GRPO on a policy with each of them and with the
     /// gold verifier, and best-of-n curves (skip with --no-rl). Writes OUT/report.md (tables,
     /// targets, a plot), OUT/report.json, OUT/accuracy.png and OUT/rl/ (report.md, rl.png).
-    /// The whole demo takes about 18 minutes on 2 cores of an AMD EPYC (1081–1120 s per seed),
-    /// the last act's minute included (--quick: about 1 minute there, 2.5 on a Xeon).
+    /// The whole demo takes about 18 minutes on 2 cores of an AMD EPYC (1035–1081 s per seed),
+    /// the last act's minute included (--quick: about 1.5 minutes there; on a Xeon, before the
+    /// last rounds' changes, 2.5).
     /// Interrupted runs continue with --resume.
     Demo(cmd_pipeline::DemoArgs),
     /// Measure engine speed and memory (writes JSON for BENCHMARKS.md).
