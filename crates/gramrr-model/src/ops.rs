@@ -147,7 +147,7 @@ impl CustomOp2 for RmsNormBwd {
         let mut partial = vec![0f32; if self.train_w { blocks * c } else { 0 }];
         let (eps, avx) = (self.eps, has_avx512());
         let (dx, dw) = out.split_at_mut(x.len());
-        let run = |(((d, x), g), p): (((&mut [f32], &[f32]), &[f32]), Option<&mut [f32]>)| {
+        let run = |d: &mut [f32], x: &[f32], g: &[f32], p: Option<&mut [f32]>| {
             #[cfg(target_arch = "x86_64")]
             if avx {
                 // SAFETY: the CPU has AVX-512F (checked above).
@@ -158,12 +158,12 @@ impl CustomOp2 for RmsNormBwd {
         };
         let rows = dx.par_chunks_mut(block).zip(x.par_chunks(block)).zip(g.par_chunks(block));
         if self.train_w {
-            rows.zip(partial.par_chunks_mut(c)).for_each(|(r, p)| run((r, Some(p))));
+            rows.zip(partial.par_chunks_mut(c)).for_each(|(((d, x), g), p)| run(d, x, g, Some(p)));
             for p in partial.chunks_exact(c) {
                 dw.iter_mut().zip(p).for_each(|(a, &b)| *a += b);
             }
         } else {
-            rows.for_each(|r| run((r, None)));
+            rows.for_each(|((d, x), g)| run(d, x, g, None));
         }
         Ok((CpuStorage::F32(out), Shape::from(x.len() + dw_len)))
     }
@@ -646,6 +646,27 @@ mod tests {
         close(gf.get(&u).unwrap(), gc.get(&u).unwrap(), 1e-4);
     }
 
+    /// RMSNorm as candle primitives: the reference the fused op must match.
+    fn rms_norm_composed(x: &Tensor, w: &Tensor) -> Tensor {
+        let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        x.broadcast_div(&(ms + 1e-6).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(w).unwrap()
+    }
+
+    /// The fused RMSNorm against the composition under `probe`: output, dx, and dw where `w`
+    /// trains. Returns the fused op's gradients.
+    fn check_rms_norm(x: &Var, w: &Tensor, probe: &Tensor, dw_tol: f32) -> candle_core::backprop::GradStore {
+        let fused = x.as_tensor().apply_op2(w, RmsNormOp { eps: 1e-6 }).unwrap();
+        let comp = rms_norm_composed(x.as_tensor(), w);
+        close(&fused, &comp, 1e-5);
+        let gf = (fused * probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (comp * probe).unwrap().sum_all().unwrap().backward().unwrap();
+        close(gf.get(x).unwrap(), gc.get(x).unwrap(), 1e-4);
+        if let Some(dw) = gc.get(w) {
+            close(gf.get(w).expect("a trained norm weight got no gradient"), dw, dw_tol);
+        }
+        gf
+    }
+
     /// RMSNorm over many rows: several row blocks and a short last one (the weight's gradient
     /// is summed per block), a width that is no multiple of 16, and a frozen weight.
     #[test]
@@ -655,24 +676,12 @@ mod tests {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, c), &dev).unwrap()).unwrap();
         let w = Var::from_tensor(&Tensor::randn(1f32, 0.2, c, &dev).unwrap()).unwrap();
         let probe = Tensor::randn(0f32, 1.0, (rows, c), &dev).unwrap();
-        let fused = x.as_tensor().apply_op2(w.as_tensor(), RmsNormOp { eps: 1e-6 }).unwrap();
-        let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-        let comp = x.broadcast_div(&(ms + 1e-6).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&w).unwrap();
-        close(&fused, &comp, 1e-5);
-        let gf = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        let gc = (comp * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        close(gf.get(&x).unwrap(), gc.get(&x).unwrap(), 1e-4);
         // dw sums ~250 terms of size ~1: f32 rounding of either order stays far below 1e-3.
-        close(gf.get(&w).unwrap(), gc.get(&w).unwrap(), 1e-3);
-
+        let grads = check_rms_norm(&x, w.as_tensor(), &probe, 1e-3);
+        assert!(grads.get(&w).is_some());
         let frozen = Tensor::randn(1f32, 0.2, c, &dev).unwrap();
-        let y = x.as_tensor().apply_op2(&frozen, RmsNormOp { eps: 1e-6 }).unwrap();
-        let grads = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = check_rms_norm(&x, &frozen, &probe, 1e-3);
         assert!(grads.get(&frozen).is_none(), "a frozen norm weight got a gradient");
-        let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-        let comp = x.broadcast_div(&(ms + 1e-6).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&frozen).unwrap();
-        let gc = (comp * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        close(grads.get(&x).unwrap(), gc.get(&x).unwrap(), 1e-4);
     }
 
     /// Gradients of the fused ops equal those of the candle compositions they replace.
@@ -683,15 +692,7 @@ mod tests {
         let w = Var::from_tensor(&Tensor::randn(1f32, 0.2, 8, &dev).unwrap()).unwrap();
         let probe = Tensor::randn(0f32, 1.0, (2, 3, 4, 8), &dev).unwrap();
 
-        // RMSNorm
-        let fused = x.as_tensor().apply_op2(w.as_tensor(), RmsNormOp { eps: 1e-6 }).unwrap();
-        let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-        let comp = x.broadcast_div(&(ms + 1e-6).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&w).unwrap();
-        close(&fused, &comp, 1e-5);
-        let gf = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        let gc = (comp * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        close(gf.get(&x).unwrap(), gc.get(&x).unwrap(), 1e-4);
-        close(gf.get(&w).unwrap(), gc.get(&w).unwrap(), 1e-4);
+        check_rms_norm(&x, w.as_tensor(), &probe, 1e-4);
 
         // Causal scaled softmax on (B, H, T, S) with T = S = 4 and cache offset 0, and with offset 2.
         for (t, offset) in [(4usize, 0usize), (2, 2)] {
