@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo over several seeds (default 0 1 2), then the "## Demo" section of BENCHMARKS.md
-# (mean and spread of every figure, targets per seed). Each full demo takes about 19 minutes
+# (mean and spread of every figure, targets per seed). Each full demo takes about 18 minutes
 # on 2 cores; finished seeds are reused (the demo resumes finished stages).
 #   bash tools/bench_demo.sh [SEED...]
 set -euo pipefail

@@ -2,6 +2,7 @@
 """Merge gramrr and PyTorch benchmark JSON into a section of BENCHMARKS.md, as ratios.
 
     python3 tools/bench_report.py engine gramrr.json torch.json BENCHMARKS.md
+    python3 tools/bench_report.py demo-rows "seed 0=out/demo-seed0:time.log" ...   (prints rows)
 """
 import json, os, platform, re, subprocess, sys, datetime
 
@@ -204,7 +205,40 @@ Targets of issues 5 and 19, per seed:
     replace_section(out, "Demo", body)
 
 
+def demo_rows(runs):
+    """One summary row per finished demo run, printed (for before/after tables written by hand).
+
+    runs: LABEL=DIR or LABEL=DIR:LOG, LOG the output of `/usr/bin/time -v gramrr demo ...`
+    (its wall clock goes in the row; without it the column says –)."""
+    print("| run | wall (s) | vanilla | initial | self-training | final | control | policy with GRAM-R² (gold, %) "
+          "| above vanilla RM's policy | best-of-16 GRAM-R² vs vanilla | targets met |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for arg in runs:
+        label, rest = arg.split("=", 1)
+        d, _, log = rest.partition(":")
+        r = json.load(open(os.path.join(d, "report.json")))
+        act = json.load(open(os.path.join(d, "rl", "report.json")))
+        a = r["accuracy"]
+        by_reward = {x["reward"]: x for x in act["runs"]}
+        g, v = by_reward["GRAM-R² final"], by_reward["vanilla RM"]
+        best16 = {x["selector"]: dict(x["accuracy"])[16] for x in act["best_of_n"]}
+        met = sum(t["met"] for t in r["targets"]) + sum(t[1] for t in act["targets"])
+        total = len(r["targets"]) + len(act["targets"])
+        wall = "–"
+        if log:
+            m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):(\d+\.\d+)", open(log, errors="replace").read())
+            if m:
+                wall = f"{int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + float(m.group(3)):.0f}"
+        print(f"| {label} | {wall} | {a['vanilla_rm']:.1f} | {a['gram_rr_initial']:.1f} | {a['gram_rr_self_training'][-1]:.1f} "
+              f"| {a['gram_rr_final']:.1f} | {a['control_extra_steps']:.1f} "
+              f"| {g['gold_before']:.1f} → {g['gold_after']:.1f} ({g['gold_after'] - g['gold_before']:+.1f}) "
+              f"| {g['gold_after'] - v['gold_after']:+.1f} | {best16['GRAM-R² final']:.0f} vs {best16['vanilla RM']:.0f} | {met} of {total} |")
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["demo-rows"]:
+        demo_rows(sys.argv[2:])
+        sys.exit(0)
     kind, gpath, tpath, out = sys.argv[1:5]
     if kind == "engine":
         engine(json.load(open(gpath)), json.load(open(tpath)), out)
