@@ -144,7 +144,7 @@ impl CustomOp2 for RmsNormBwd {
         let blocks = x.len().div_ceil(block);
         let dw_len = if self.train_w { c } else { 0 };
         let mut out = vec![0f32; x.len() + dw_len];
-        let mut partial = vec![0f32; if self.train_w { blocks * c } else { 0 }];
+        let mut partial = vec![0f32; blocks * dw_len];
         let (eps, avx) = (self.eps, has_avx512());
         let (dx, dw) = out.split_at_mut(x.len());
         let run = |d: &mut [f32], x: &[f32], g: &[f32], p: Option<&mut [f32]>| {
